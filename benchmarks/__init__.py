@@ -1,0 +1,1 @@
+"""Accuracy and latency benchmarks of every model variant against Keras."""

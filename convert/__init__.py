@@ -1,0 +1,1 @@
+"""Keras -> TFLite (float16, int8) conversion, verified against Keras."""

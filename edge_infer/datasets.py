@@ -1,0 +1,90 @@
+"""Where the data and the shipped files are: the BUSI folder, its split manifest, `models/`."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from edge_infer.spec import CLASS_NAMES
+
+BUSI_ENV = "BUSI_DIR"
+BUSI_DEFAULT = Path("..") / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
+SPLIT_FILENAME = "busi_split.csv"
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    """One BUSI image in the split manifest; split is train/val/test or 'excluded'."""
+
+    file: str
+    label: str
+    group: int
+    split: str
+    fold: int
+    note: str = ""
+
+
+def models_dir() -> Path:
+    """The folder holding the shipped models and manifest (installed as `edge_infer.models`)."""
+    return Path(str(resources.files("edge_infer.models")))
+
+
+def resolve_busi_dir(path: str | os.PathLike | None = None) -> Path:
+    """The BUSI folder: the given path, else $BUSI_DIR, else ../shared/... from the project root."""
+    candidates = [Path(path)] if path else []
+    if not candidates and os.environ.get(BUSI_ENV):
+        candidates = [Path(os.environ[BUSI_ENV])]
+    if not candidates:
+        project_root = Path(__file__).resolve().parent.parent
+        candidates = [project_root / BUSI_DEFAULT, Path.cwd() / BUSI_DEFAULT]
+    for candidate in candidates:
+        if all((candidate / name).is_dir() for name in CLASS_NAMES):
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(
+        f"BUSI dataset not found (tried {tried}); pass its folder or set {BUSI_ENV}"
+    )
+
+
+def is_mask_file(name: str) -> bool:
+    """BUSI lesion masks are named '... (N)_mask.png' / '_mask_1.png': never images to classify."""
+    return "_mask" in Path(name).stem
+
+
+def list_busi_images(root: str | os.PathLike) -> list[tuple[str, str]]:
+    """(relative path, label) of every BUSI image under root, masks skipped, in a stable order."""
+    root = Path(root)
+    items = []
+    for label in CLASS_NAMES:
+        for path in sorted((root / label).glob("*.png")):
+            if not is_mask_file(path.name):
+                items.append((f"{label}/{path.name}", label))
+    return items
+
+
+def read_split(path: str | os.PathLike | None = None) -> list[SplitRow]:
+    """Read the committed split manifest (defaults to the shipped `busi_split.csv`)."""
+    path = Path(path) if path else models_dir() / SPLIT_FILENAME
+    with open(path, newline="") as handle:
+        return [
+            SplitRow(
+                file=row["file"],
+                label=row["label"],
+                group=int(row["group"]),
+                split=row["split"],
+                fold=int(row["fold"]),
+                note=row.get("note", ""),
+            )
+            for row in csv.DictReader(handle)
+        ]
+
+
+def split_files(split: str, path: str | os.PathLike | None = None) -> list[SplitRow]:
+    """The rows of one split ('train', 'val' or 'test')."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return [row for row in read_split(path) if row.split == split]

@@ -1,0 +1,118 @@
+"""The one image preprocessing path: any image file -> 224x224x3 uint8 RGB model input.
+
+Training, conversion, the runtime, the server and the benchmarks all call `preprocess_image`
+(or `decode_image` + `to_model_input`), so the pixels a model was trained on are the pixels it
+serves. Models take these values as float32 0..255 (or uint8 for the int8 model); any further
+scaling lives inside the model.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edge_infer.spec import INPUT_SIZE
+
+ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
+
+MAX_PIXELS: int = 40_000_000
+RESAMPLE = Image.Resampling.BILINEAR
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+class ImageError(ValueError):
+    """An input that cannot be turned into a model input; the message says why in one line."""
+
+
+@dataclass
+class DecodedImage:
+    """An 8-bit RGB image plus notes on what decoding had to do (e.g. first frame of many)."""
+
+    image: Image.Image
+    notes: list[str] = field(default_factory=list)
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError("empty file (0 bytes)")
+        source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise ImageError(f"no such file: {os.fspath(source)}")
+        if os.path.isdir(source):
+            raise ImageError(f"is a directory, not an image: {os.fspath(source)}")
+        if os.path.getsize(source) == 0:
+            raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(source)
+    except UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image too large (decompression-bomb guard)") from None
+
+
+def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
+    """Scale 16-bit grey to 8 bits (0..65535 -> 0..255); Pillow's convert would clip instead."""
+    values = np.asarray(image, dtype=np.float64)
+    grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; transparency is composited on black (outside the scan)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        return _sixteen_bit_to_rgb(image)
+    if image.mode == "F":
+        raise ImageError("floating-point images are not supported")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(black, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(source: ImageSource) -> DecodedImage:
+    """Open, verify and orient an image (EXIF), returning 8-bit RGB and any notes for the user."""
+    image = _open(source)
+    notes: list[str] = []
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
+    if width < 1 or height < 1:
+        raise ImageError(f"image has no pixels: {width}x{height}")
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        image.seek(0)
+        notes.append(f"multi-frame image ({frames} frames): used the first frame")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"corrupt or truncated image: {err}") from None
+    return DecodedImage(_to_rgb(image), notes)
+
+
+def to_model_input(image: Image.Image) -> np.ndarray:
+    """Resize an RGB image to the model's square input: uint8 array of shape (224, 224, 3)."""
+    if image.mode != "RGB":
+        raise ImageError(f"expected an RGB image, got mode {image.mode}; call decode_image first")
+    resized = image.resize((INPUT_SIZE, INPUT_SIZE), RESAMPLE)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def preprocess_image(source: ImageSource) -> np.ndarray:
+    """Path, bytes, file object or PIL image -> the model input (224, 224, 3) uint8 RGB."""
+    return to_model_input(decode_image(source).image)

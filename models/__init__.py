@@ -1,0 +1,1 @@
+"""Shipped model files and their manifest, installed as the package `edge_infer.models`."""

@@ -1,0 +1,61 @@
+"""`busi-train`: train a BUSI classifier with the seed's recipe and save it with its metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edge_infer.datasets import read_split, resolve_busi_dir
+from train.architectures import ARCHITECTURES
+from train.pretrained import WeightsError
+from train.recipe import TrainConfig
+
+DEFAULTS = TrainConfig()
+
+
+@click.command(help="Train backbone -> GAP -> Dropout -> Dense(3): head first, then fine-tune.\n\n"
+               "WEIGHTS: 'imagenet' (Lite0: the offline ../shared/weights .npz; B0: Keras's "
+               "download), 'none' (from scratch), or a PATH (Lite0 .npz; for B0 a Keras weights "
+               "file, or a Lite0 .npz to initialise B0 from Lite0 with SE set to pass-through).")
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default=DEFAULTS.arch, show_default=True)
+@click.option("--weights", default=DEFAULTS.weights, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder: model.keras, results.json, history.json.")
+@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
+@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
+              help="Split manifest (default: the shipped models/busi_split.csv).")
+@click.option("--head-epochs", default=DEFAULTS.head_epochs, show_default=True)
+@click.option("--finetune-epochs", default=DEFAULTS.finetune_epochs, show_default=True)
+@click.option("--head-lr", default=DEFAULTS.head_lr, show_default=True)
+@click.option("--finetune-lr", default=DEFAULTS.finetune_lr, show_default=True)
+@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True)
+@click.option("--dropout", default=DEFAULTS.dropout, show_default=True)
+@click.option("--patience", default=DEFAULTS.patience, show_default=True,
+              help="Early-stopping patience (epochs without a lower validation loss).")
+@click.option("--seed", default=DEFAULTS.seed, show_default=True)
+@click.option("--fold", type=click.IntRange(0, 4), default=None,
+              help="Cross-validation: test on this fold, validate on the next, train on the rest.")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="Use at most N images per class in each part (smoke runs).")
+def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs, head_lr,
+         finetune_lr, batch_size, dropout, patience, seed, fold, limit) -> None:
+    from train.recipe import fit
+
+    config = TrainConfig(arch=arch, weights=weights, head_epochs=head_epochs,
+                         finetune_epochs=finetune_epochs, head_lr=head_lr,
+                         finetune_lr=finetune_lr, batch_size=batch_size, dropout=dropout,
+                         patience=patience, seed=seed, fold=fold, limit=limit)
+    try:
+        results = fit(config, read_split(split_file), resolve_busi_dir(busi_dir), out)
+    except (WeightsError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    summary = {part: {k: round(results[part][k], 4)
+                      for k in ("accuracy", "macro_f1", "malignant_recall_argmax")}
+               for part in ("val", "test")}
+    click.echo(json.dumps({"out": str(out), "threshold": results["threshold"], **summary}))
+
+
+if __name__ == "__main__":
+    main()

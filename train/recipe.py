@@ -1,0 +1,191 @@
+"""The seed's transfer-learning recipe: train the head, then fine-tune the backbone.
+
+Pretrained backbones keep BatchNorm frozen in inference mode (BUSI's small batches would ruin
+ImageNet statistics); a backbone trained from scratch trains its BatchNorms normally.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from benchmarks.metrics import choose_threshold, classification_metrics
+from edge_infer.datasets import SplitRow
+from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX, PREPROCESSING_ID
+from train.architectures import (
+    ARCHITECTURES,
+    classifier,
+    efficientnet_lite0_backbone,
+    efficientnetb0_backbone,
+)
+from train.data import dataset, load_arrays
+from train.pretrained import (
+    LITE0_WEIGHTS_FILE,
+    WeightsError,
+    load_into_backbone,
+    make_b0_se_pass_through,
+    match_b0_input_scaling_to_lite0,
+    read_lite0_tensors,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved beside the model."""
+
+    arch: str = "efficientnet-lite0"
+    weights: str = "imagenet"
+    head_epochs: int = 5
+    finetune_epochs: int = 30
+    head_lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    batch_size: int = 16
+    dropout: float = 0.3
+    patience: int = 8
+    seed: int = 0
+    fold: int | None = None
+    limit: int | None = None
+
+
+def _lite0_weights_path(weights: str) -> Path:
+    if weights == "imagenet":
+        return PROJECT_ROOT / LITE0_WEIGHTS_FILE
+    return Path(weights)
+
+
+def build_backbone(config: TrainConfig) -> tuple[keras.Model, str]:
+    """The backbone with its initial weights, and a one-line description of them."""
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.arch!r}; choose from {ARCHITECTURES}")
+    if config.arch == "efficientnet-lite0":
+        backbone = efficientnet_lite0_backbone()
+        if config.weights == "none":
+            return backbone, "random"
+        path = _lite0_weights_path(config.weights)
+        load_into_backbone(backbone, read_lite0_tensors(path))
+        return backbone, f"ImageNet EfficientNet-Lite0 ({path.name})"
+    if config.weights == "imagenet":
+        try:
+            return efficientnetb0_backbone("imagenet"), "ImageNet EfficientNetB0 (Keras download)"
+        except Exception as err:
+            raise WeightsError(
+                f"could not get Keras's ImageNet EfficientNetB0 weights ({err}); "
+                "offline, pass --weights PATH or --weights none"
+            ) from None
+    backbone = efficientnetb0_backbone(None)
+    match_b0_input_scaling_to_lite0(backbone)
+    if config.weights == "none":
+        return backbone, "random"
+    path = Path(config.weights)
+    if path.suffix == ".npz":
+        load_into_backbone(backbone, read_lite0_tensors(path))
+        make_b0_se_pass_through(backbone)
+        return backbone, f"EfficientNet-Lite0 ImageNet tensors, SE pass-through ({path.name})"
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        backbone.load_weights(path)
+    except (ValueError, OSError) as err:
+        raise WeightsError(f"{path} does not fit EfficientNetB0: {err}") from None
+    return backbone, f"Keras weights file {path.name}"
+
+
+def select_rows(rows: list[SplitRow], config: TrainConfig) -> dict[str, list[SplitRow]]:
+    """train/val/test rows: the fixed split, or for CV fold k test = k, val = k+1, train = rest."""
+    usable = [row for row in rows if row.split != "excluded"]
+    if config.fold is None:
+        parts = {name: [r for r in usable if r.split == name] for name in ("train", "val", "test")}
+    else:
+        val_fold = (config.fold + 1) % 5
+        parts = {
+            "train": [r for r in usable if r.fold not in (config.fold, val_fold)],
+            "val": [r for r in usable if r.fold == val_fold],
+            "test": [r for r in usable if r.fold == config.fold],
+        }
+    if config.limit:
+        parts = {
+            name: [r for label in CLASS_NAMES for r in [r for r in part if r.label == label]
+                   [: config.limit]]
+            for name, part in parts.items()
+        }
+    return parts
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Balanced class weights n / (k * n_c), so every class counts the same in the loss."""
+    counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(float)
+    return {i: float(labels.size / (len(CLASS_NAMES) * c)) if c else 0.0
+            for i, c in enumerate(counts)}
+
+
+def _compile(model: keras.Model, learning_rate, config: TrainConfig) -> None:
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Path) -> dict:
+    """Train one model, evaluate it on val and test, save model + config + metrics in out_dir."""
+    keras.utils.set_random_seed(config.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = select_rows(rows, config)
+    arrays = {name: load_arrays(part, busi_root, desc=name) for name, part in parts.items()}
+    x_train, y_train = arrays["train"]
+    train_data = dataset(x_train, y_train, config.batch_size, augment=True, seed=config.seed)
+    val_data = dataset(*arrays["val"], config.batch_size, augment=False, seed=config.seed)
+    weights = class_weights(y_train)
+
+    backbone, initialisation = build_backbone(config)
+    pretrained = initialisation != "random"
+    model = classifier(backbone, config.dropout, bn_inference=pretrained)
+    history: dict[str, list] = {}
+    started = time.time()
+    if pretrained and config.head_epochs:
+        backbone.trainable = False
+        _compile(model, config.head_lr, config)
+        run = model.fit(train_data, validation_data=val_data, epochs=config.head_epochs,
+                        class_weight=weights, verbose=2)
+        history["head"] = _history(run)
+    backbone.trainable = True
+    if pretrained:
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+    steps = int(np.ceil(len(x_train) / config.batch_size)) * config.finetune_epochs
+    schedule = keras.optimizers.schedules.CosineDecay(config.finetune_lr, max(steps, 1))
+    _compile(model, schedule, config)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                         restore_best_weights=True)
+    run = model.fit(train_data, validation_data=val_data, epochs=config.finetune_epochs,
+                    class_weight=weights, callbacks=[stop], verbose=2)
+    history["finetune"] = _history(run)
+    seconds = time.time() - started
+
+    results = {"config": asdict(config), "initialisation": initialisation,
+               "preprocessing": PREPROCESSING_ID, "train_seconds": round(seconds, 1),
+               "counts": {name: len(part) for name, part in parts.items()}}
+    probs = {name: model.predict(arrays[name][0].astype("float32"), batch_size=32, verbose=0)
+             for name in ("val", "test")}
+    threshold = choose_threshold(arrays["val"][1], probs["val"][:, MALIGNANT_INDEX])
+    results["threshold"] = threshold
+    for name in ("val", "test"):
+        results[name] = classification_metrics(arrays[name][1], probs[name], threshold)
+    model.save(out_dir / "model.keras")
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return results
+
+
+def _history(run: keras.callbacks.History) -> dict[str, list[float]]:
+    return {key: [float(v) for v in values] for key, values in run.history.items()}

@@ -1,0 +1,116 @@
+"""Leakage-free BUSI split: group exact and near-duplicate scans, then split by group.
+
+Near-duplicates are found with a 256-bit perceptual hash (imagehash.phash, hash_size=16) of the
+grey image. On BUSI the pairwise Hamming distances are bimodal: copies of one scan (re-crops,
+resizes, with and without calipers) lie at 0-84 bits, unrelated images at 88 and above, so
+pairs at <= 84 bits are joined (transitively) into one group. A group whose images carry
+different labels (e.g. `benign (433)` = `malignant (145)`) has no trustworthy label: all of
+its images are excluded and listed in the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+from scipy.sparse.csgraph import connected_components
+from sklearn.model_selection import StratifiedGroupKFold
+
+from edge_infer.datasets import SplitRow, list_busi_images
+
+PHASH_SIZE = 16
+NEAR_DUPLICATE_BITS = 84
+SPLIT_PARTS = 20
+TEST_PARTS = (0, 1, 2)
+VAL_PARTS = (3, 4, 5)
+CV_FOLDS = 5
+FIELDS = ("file", "label", "group", "split", "fold", "note")
+
+
+def image_hashes(root: Path, files: list[str]) -> tuple[list[str], np.ndarray]:
+    """Pixel sha256 and perceptual-hash bits of every file's grey image."""
+    pixel_hashes, bits = [], []
+    for name in files:
+        grey = Image.open(root / name).convert("L")
+        pixel_hashes.append(hashlib.sha256(np.asarray(grey).tobytes()).hexdigest())
+        bits.append(imagehash.phash(grey, hash_size=PHASH_SIZE).hash.flatten())
+    return pixel_hashes, np.array(bits)
+
+
+def duplicate_groups(pixel_hashes: list[str], bits: np.ndarray) -> np.ndarray:
+    """Group id per image: connected components of 'same pixels or phash distance <= 84'."""
+    distance = (bits[:, None, :] != bits[None, :, :]).sum(axis=-1)
+    same_pixels = np.array(pixel_hashes)[:, None] == np.array(pixel_hashes)[None, :]
+    _, groups = connected_components((distance <= NEAR_DUPLICATE_BITS) | same_pixels)
+    return groups
+
+
+def conflicting_groups(groups: np.ndarray, labels: list[str]) -> set[int]:
+    """Groups whose images carry more than one label."""
+    seen: dict[int, set[str]] = {}
+    for group, label in zip(groups, labels):
+        seen.setdefault(int(group), set()).add(label)
+    return {group for group, names in seen.items() if len(names) > 1}
+
+
+def assign_splits(labels: list[str], groups: np.ndarray, seed: int) -> tuple[list[str], list[int]]:
+    """Stratified grouped 70/15/15 train/val/test, plus 5 stratified grouped CV folds."""
+    indices = np.arange(len(labels))
+    splits = ["train"] * len(labels)
+    parts = StratifiedGroupKFold(n_splits=SPLIT_PARTS, shuffle=True, random_state=seed)
+    for part, (_, held) in enumerate(parts.split(indices, labels, groups)):
+        name = "test" if part in TEST_PARTS else "val" if part in VAL_PARTS else "train"
+        for i in held:
+            splits[i] = name
+    folds = [0] * len(labels)
+    cv = StratifiedGroupKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
+    for fold, (_, held) in enumerate(cv.split(indices, labels, groups)):
+        for i in held:
+            folds[i] = fold
+    return splits, folds
+
+
+def make_split(root: Path, seed: int = 0) -> list[SplitRow]:
+    """Build the split manifest rows for the BUSI folder at root."""
+    items = list_busi_images(root)
+    files = [name for name, _ in items]
+    labels = [label for _, label in items]
+    pixel_hashes, bits = image_hashes(root, files)
+    groups = duplicate_groups(pixel_hashes, bits)
+    conflicts = conflicting_groups(groups, labels)
+    keep = [i for i, g in enumerate(groups) if int(g) not in conflicts]
+    splits, folds = assign_splits([labels[i] for i in keep], groups[keep], seed)
+    rows = [
+        SplitRow(files[i], labels[i], int(groups[i]), "excluded", -1, "label conflict in group")
+        for i in range(len(files))
+        if int(groups[i]) in conflicts
+    ]
+    rows += [
+        SplitRow(files[i], labels[i], int(groups[i]), split, fold)
+        for i, split, fold in zip(keep, splits, folds)
+    ]
+    return sorted(rows, key=lambda row: row.file)
+
+
+def write_split(rows: list[SplitRow], path: Path) -> None:
+    """Write the manifest as CSV (one row per image, stable order)."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(FIELDS)
+        for row in rows:
+            writer.writerow([getattr(row, name) for name in FIELDS])
+
+
+def summary(rows: list[SplitRow]) -> str:
+    """Counts per split and label, for a person to read."""
+    counts = Counter((row.split, row.label) for row in rows)
+    lines = []
+    for split in ("train", "val", "test", "excluded"):
+        per_label = {label: n for (s, label), n in counts.items() if s == split}
+        lines.append(f"{split:9s} {sum(per_label.values()):4d}  {dict(sorted(per_label.items()))}")
+    return "\n".join(lines)

@@ -1,0 +1,27 @@
+"""`busi-split`: write the grouped, stratified BUSI split manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edge_infer.datasets import SPLIT_FILENAME, models_dir, resolve_busi_dir
+from train.split import make_split, summary, write_split
+
+
+@click.command(help="Group BUSI near-duplicates and write the train/val/test + CV-fold manifest.")
+@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help=f"Output CSV (default: models/{SPLIT_FILENAME}).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the grouped splitters.")
+def main(busi_dir: str | None, out: Path | None, seed: int) -> None:
+    rows = make_split(resolve_busi_dir(busi_dir), seed=seed)
+    out = out or models_dir() / SPLIT_FILENAME
+    write_split(rows, out)
+    click.echo(summary(rows))
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
