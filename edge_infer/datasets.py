@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
+from edge_infer.preprocess import preprocess_image
 from edge_infer.spec import CLASS_NAMES
 
 BUSI_ENV = "BUSI_DIR"
@@ -88,3 +92,15 @@ def split_files(split: str, path: str | os.PathLike | None = None) -> list[Split
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return [row for row in read_split(path) if row.split == split]
+
+
+def load_images(rows: list[SplitRow], root: str | os.PathLike,
+                desc: str = "images") -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 model inputs (N, 224, 224, 3), int labels (N,)) of manifest rows, via the one
+    shared preprocessing; a progress bar on stderr."""
+    root = Path(root)
+    images = np.stack(
+        [preprocess_image(root / row.file) for row in tqdm(rows, desc=desc, leave=False)]
+    )
+    labels = np.array([CLASS_NAMES.index(row.label) for row in rows], dtype=np.int64)
+    return images, labels

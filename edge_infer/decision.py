@@ -8,8 +8,9 @@ Ties in argmax go to the more severe class (classes are ordered normal < benign 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX, UNCERTAIN_MARGIN
 

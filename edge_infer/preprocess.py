@@ -77,7 +77,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         raise ImageError("floating-point images are not supported")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode == "La":
+        image = image.convert("LA")  # Pillow converts premultiplied La only to LA
+    if image.mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(black, rgba).convert("RGB")
@@ -87,6 +89,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def decode_image(source: ImageSource) -> DecodedImage:
     """Open, verify and orient an image (EXIF), returning 8-bit RGB and any notes for the user."""
     image = _open(source)
+    if image is source:
+        return _decode(image)
+    with image:  # close the file we opened: Pillow keeps it open for multi-frame or bad images
+        return _decode(image)
+
+
+def _decode(image: Image.Image) -> DecodedImage:
+    """Size checks, first frame, EXIF orientation and RGB conversion of an opened image."""
     notes: list[str] = []
     width, height = image.size
     if width * height > MAX_PIXELS:

@@ -84,7 +84,9 @@ def efficientnetb0_backbone(weights: str | None = None) -> keras.Model:
     )
 
 
-def classifier(backbone: keras.Model, dropout: float = 0.3, bn_inference: bool = True) -> keras.Model:
+def classifier(
+    backbone: keras.Model, dropout: float = 0.3, bn_inference: bool = True
+) -> keras.Model:
     """The seed's head on a backbone: GAP -> Dropout -> Dense(3, softmax).
 
     bn_inference keeps the backbone's BatchNorms in inference mode (for pretrained backbones).

@@ -1,32 +1,16 @@
-"""Training inputs: BUSI images through the shared `preprocess_image`, then augmentation.
-
-Images are decoded once with the runtime's own preprocessing (so the un-augmented training
-arrays are exactly what the edge runtime feeds its models); augmentation runs on those arrays.
-"""
+"""Training batches: arrays from `edge_infer.datasets.load_images` (the runtime's own
+preprocessing, so un-augmented training inputs are exactly what the edge runtime feeds its
+models), then augmentation on those arrays."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
 
-from edge_infer.datasets import SplitRow
-from edge_infer.preprocess import preprocess_image
 from edge_infer.spec import CLASS_NAMES
 
 SPECKLE_SIGMA = 0.08
-
-
-def load_arrays(rows: list[SplitRow], root: Path, desc: str = "images") -> tuple:
-    """(uint8 images (N, 224, 224, 3), int labels (N,)) for the given manifest rows."""
-    images = np.stack(
-        [preprocess_image(root / row.file) for row in tqdm(rows, desc=desc, leave=False)]
-    )
-    labels = np.array([CLASS_NAMES.index(row.label) for row in rows], dtype=np.int64)
-    return images, labels
 
 
 def ultrasound_augmentation(seed: int) -> keras.Sequential:

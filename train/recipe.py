@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from benchmarks.metrics import choose_threshold, classification_metrics
-from edge_infer.datasets import SplitRow
+from edge_infer.datasets import SplitRow, load_images
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX, PREPROCESSING_ID
 from train.architectures import (
     ARCHITECTURES,
@@ -23,7 +23,7 @@ from train.architectures import (
     efficientnet_lite0_backbone,
     efficientnetb0_backbone,
 )
-from train.data import dataset, load_arrays
+from train.data import dataset
 from train.pretrained import (
     LITE0_WEIGHTS_FILE,
     WeightsError,
@@ -140,7 +140,7 @@ def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Pat
     keras.utils.set_random_seed(config.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = select_rows(rows, config)
-    arrays = {name: load_arrays(part, busi_root, desc=name) for name, part in parts.items()}
+    arrays = {name: load_images(part, busi_root, desc=name) for name, part in parts.items()}
     x_train, y_train = arrays["train"]
     train_data = dataset(x_train, y_train, config.batch_size, augment=True, seed=config.seed)
     val_data = dataset(*arrays["val"], config.batch_size, augment=False, seed=config.seed)

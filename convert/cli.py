@@ -1,0 +1,129 @@
+"""`busi-convert`: the shipped Keras model -> verified TFLite variants in models/.
+
+Each variant is run through the TFLite interpreter on the validation and test images and
+compared with Keras on the same arrays; a variant that misses its target is not entered in
+the manifest and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from edge_infer.datasets import SPLIT_FILENAME, load_images, resolve_busi_dir, split_files
+from edge_infer.datasets import models_dir as shipped_models_dir
+from edge_infer.manifest import (
+    MANIFEST_FILENAME,
+    ModelError,
+    file_facts,
+    read_manifest,
+    resolve_model,
+    update_manifest,
+)
+from edge_infer.spec import CLASS_NAMES, PREPROCESSING_ID
+from edge_infer.tflite_model import TFLiteModel
+
+DEFAULT_VARIANTS = "float32,float16,int8"
+CALIBRATION = "all BUSI validation images of the split manifest (preprocess_image, uint8)"
+
+
+def _predict(model: TFLiteModel, images: np.ndarray, desc: str) -> np.ndarray:
+    return np.stack([model.probabilities(image)
+                     for image in tqdm(images, desc=desc, leave=False)])
+
+
+def _line(name: str, report: dict) -> str:
+    test = report["test"]
+    return (f"{name:9s} test acc {test['accuracy']:.3f}  macro-F1 {test['macro_f1']:.3f}  "
+            f"mal. recall@T {test['malignant_recall_at_threshold']:.3f} "
+            f"(T={report['threshold']:.3f})"
+            f"  agreement {test['agreement']:.3f}  max|dp| {test['max_abs_dprob']:.3f}")
+
+
+@click.command(help=__doc__)
+@click.option("--arch", default=None, help="Architecture in the manifest (default: its default).")
+@click.option("--variants", default=DEFAULT_VARIANTS, show_default=True,
+              help="Comma-separated: float32, float16, dynamic, int8.")
+@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
+@click.option("--threads", default=2, show_default=True, help="Interpreter threads.")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with manifest.json, the split and the Keras model (default: models/).")
+def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
+         models_dir: Path | None) -> None:
+    import keras
+
+    from convert.tflite import VARIANTS, convert_model, float32_weight_bytes
+    from convert.verify import TARGETS, check_targets, evaluate_variant
+
+    wanted = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = sorted(set(wanted) - set(VARIANTS))
+    if unknown:
+        raise click.BadParameter(f"unknown variant(s) {unknown}; choose from {VARIANTS}")
+    folder = models_dir or shipped_models_dir()
+    manifest_file = folder / MANIFEST_FILENAME
+    split_file = folder / SPLIT_FILENAME
+    try:
+        arch = arch or read_manifest(manifest_file)["default_arch"]
+        source = resolve_model(f"{arch}/keras", manifest_file)
+        root = resolve_busi_dir(busi_dir)
+    except (ModelError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    model = keras.models.load_model(source.path)
+    data = {split: load_images(split_files(split, split_file), root, desc=split)
+            for split in ("val", "test")}
+    labels = {split: data[split][1] for split in data}
+    keras_probs = {split: model.predict(data[split][0].astype(np.float32), batch_size=32,
+                                        verbose=0) for split in data}
+    keras_report = evaluate_variant(labels, keras_probs, keras_probs)
+    click.echo(_line("keras", keras_report))
+    baseline_bytes = float32_weight_bytes(model)
+
+    entries, failed = {}, {}
+    for variant in wanted:
+        click.echo(f"converting {arch} -> {variant} ...", err=True)
+        path = folder / f"{arch}-{variant}.tflite"
+        path.write_bytes(convert_model(model, variant, data["val"][0]))
+        tflite = TFLiteModel(path, threads)
+        probs = {split: _predict(tflite, data[split][0], f"{variant} {split}") for split in data}
+        report = evaluate_variant(labels, probs, keras_probs)
+        size_ratio = baseline_bytes / path.stat().st_size
+        failures = check_targets(variant, report, keras_report, size_ratio)
+        click.echo(_line(variant, report) + f"  size {path.stat().st_size / 1e6:.1f} MB "
+                   f"({size_ratio:.1f}x smaller)" + (f"  FAILED: {failures}" if failures else ""))
+        if failures:
+            failed[variant] = failures
+            continue
+        entries[f"{arch}/{variant}"] = {
+            "format": "tflite", "arch": arch, "variant": variant, **file_facts(path),
+            **tflite.io_spec(), "class_names": list(CLASS_NAMES),
+            "preprocessing": PREPROCESSING_ID, "threshold": report["threshold"],
+            "threshold_rule": "highest T with malignant recall >= 0.95 on the validation split",
+            "source_model": {"file": source.info["file"], "sha256": source.info["sha256"]},
+            "calibration": CALIBRATION if variant == "int8" else None,
+            "made_by": f"busi-convert (tensorflow {_tf_version()}, keras {keras.__version__})",
+            "verification": {**report, "targets": TARGETS[variant],
+                             "size_ratio_vs_float32_weights": size_ratio,
+                             "keras_test": {k: keras_report["test"][k] for k in
+                                            ("accuracy", "macro_f1",
+                                             "malignant_recall_at_threshold")}},
+        }
+    if entries:
+        update_manifest(entries, path=manifest_file)
+        click.echo(f"manifest updated: {', '.join(entries)}")
+    if failed:
+        click.echo(f"variants that missed their targets (not in the manifest): {failed}", err=True)
+        sys.exit(1)
+
+
+def _tf_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Compare a TFLite variant with its Keras model on the same preprocessed arrays.
+
+The targets are checked on the test split; thresholds are chosen on validation only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.metrics import choose_threshold, classification_metrics
+from edge_infer.spec import MALIGNANT_INDEX
+
+TARGETS: dict[str, dict[str, float]] = {
+    "float32": {"min_agreement": 0.995},
+    "float16": {"min_agreement": 0.995},
+    "dynamic": {"min_agreement": 0.99},
+    "int8": {
+        "min_agreement": 0.99,
+        "max_accuracy_drop": 0.01,
+        "max_malignant_recall_drop": 0.02,
+        "min_size_ratio": 3.5,
+    },
+}
+
+
+def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
+    """Top-1 agreement and max / mean absolute probability difference."""
+    delta = np.abs(np.asarray(probs, np.float64) - np.asarray(reference, np.float64))
+    return {
+        "agreement": float((reference.argmax(1) == probs.argmax(1)).mean()),
+        "max_abs_dprob": float(delta.max()),
+        "mean_abs_dprob": float(delta.mean()),
+    }
+
+
+def evaluate_variant(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray],
+                     keras_probs: dict[str, np.ndarray]) -> dict:
+    """Threshold on val; metrics and agreement with Keras on val and test."""
+    threshold = choose_threshold(labels["val"], probs["val"][:, MALIGNANT_INDEX])
+    report: dict = {"threshold": threshold}
+    for split in ("val", "test"):
+        report[split] = {
+            **classification_metrics(labels[split], probs[split], threshold),
+            **agreement(keras_probs[split], probs[split]),
+        }
+    return report
+
+
+def check_targets(variant: str, report: dict, keras_report: dict, size_ratio: float) -> list[str]:
+    """Failures of the variant's targets on the test split (empty when it passes)."""
+    targets = TARGETS[variant]
+    test, keras_test = report["test"], keras_report["test"]
+    failures = []
+    if test["agreement"] < targets["min_agreement"]:
+        failures.append(f"agreement {test['agreement']:.4f} < {targets['min_agreement']}")
+    if "max_accuracy_drop" in targets:
+        drop = keras_test["accuracy"] - test["accuracy"]
+        if drop > targets["max_accuracy_drop"] + 1e-9:
+            failures.append(f"accuracy {drop:.4f} below Keras (> {targets['max_accuracy_drop']})")
+    if "max_malignant_recall_drop" in targets:
+        drop = (keras_test["malignant_recall_at_threshold"]
+                - test["malignant_recall_at_threshold"])
+        if drop > targets["max_malignant_recall_drop"] + 1e-9:
+            failures.append(f"malignant recall {drop:.4f} below Keras "
+                            f"(> {targets['max_malignant_recall_drop']})")
+    if "min_size_ratio" in targets and size_ratio < targets["min_size_ratio"]:
+        failures.append(f"only {size_ratio:.2f}x smaller than float32 weights "
+                        f"(< {targets['min_size_ratio']})")
+    return failures

@@ -1,0 +1,119 @@
+"""Read `models/manifest.json` and resolve a model name or path to its checked entry.
+
+Entries are keyed '<arch>/<variant>' (e.g. 'efficientnet-lite0/int8'); a bare variant name
+('int8') means the manifest's default architecture. A model file is only used when its
+sha256 matches its entry, so a swapped or damaged file is refused, never run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_infer.datasets import SPLIT_FILENAME, models_dir
+from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING_ID
+
+MANIFEST_FILENAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class ModelError(ValueError):
+    """A model that is unknown, missing, or does not match the manifest."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One manifest entry and the file it describes."""
+
+    key: str
+    path: Path
+    info: dict
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info["threshold"])
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_path() -> Path:
+    """The shipped manifest."""
+    return models_dir() / MANIFEST_FILENAME
+
+
+def read_manifest(path: str | os.PathLike | None = None) -> dict:
+    """The manifest as a dict (the shipped one unless a path is given)."""
+    path = Path(path) if path else manifest_path()
+    if not path.is_file():
+        raise ModelError(f"model manifest not found: {path}")
+    return json.loads(path.read_text())
+
+
+def _entry(manifest: dict, key: str, folder: Path) -> ModelEntry:
+    info = manifest["models"][key]
+    return ModelEntry(key=key, path=folder / info["file"], info=info)
+
+
+def resolve_model(name: str, manifest_file: str | os.PathLike | None = None) -> ModelEntry:
+    """A variant name, '<arch>/<variant>' key, or a model file path -> its verified entry."""
+    manifest_file = Path(manifest_file) if manifest_file else manifest_path()
+    manifest = read_manifest(manifest_file)
+    folder = manifest_file.parent
+    models = manifest["models"]
+    key = name if name in models else f"{manifest['default_arch']}/{name}"
+    if key in models:
+        entry = _entry(manifest, key, folder)
+        if not entry.path.is_file():
+            raise ModelError(f"model file missing: {entry.path}")
+    elif Path(name).is_file():
+        digest = sha256_of(name)
+        matches = [k for k, info in models.items() if info["sha256"] == digest]
+        if not matches:
+            raise ModelError(f"{name} is not a model the manifest knows (sha256 {digest[:12]}…)")
+        return ModelEntry(key=matches[0], path=Path(name), info=models[matches[0]])
+    else:
+        known = ", ".join(sorted(models))
+        raise ModelError(f"unknown model {name!r}: not a file, nor one of {known}")
+    digest = sha256_of(entry.path)
+    if digest != entry.info["sha256"]:
+        raise ModelError(
+            f"{entry.path} does not match the manifest (sha256 {digest[:12]}… != "
+            f"{entry.info['sha256'][:12]}…): refusing a damaged or replaced model"
+        )
+    return entry
+
+
+def update_manifest(entries: dict[str, dict], default_arch: str | None = None,
+                    path: str | os.PathLike | None = None) -> Path:
+    """Add or replace entries (by key) in the manifest, creating it if needed."""
+    path = Path(path) if path else manifest_path()
+    manifest = read_manifest(path) if path.is_file() else {"models": {}}
+    split_file = path.parent / SPLIT_FILENAME
+    manifest.update(
+        schema_version=SCHEMA_VERSION,
+        class_names=list(CLASS_NAMES),
+        input_shape=list(INPUT_SHAPE),
+        preprocessing=PREPROCESSING_ID,
+        split={"file": SPLIT_FILENAME, "sha256": sha256_of(split_file)},
+    )
+    if default_arch:
+        manifest["default_arch"] = default_arch
+    manifest["models"].update(entries)
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def file_facts(path: str | os.PathLike) -> dict:
+    """The file name (relative to models/), sha256 and size recorded for every model file."""
+    return {"file": Path(path).name, "sha256": sha256_of(path), "bytes": Path(path).stat().st_size}

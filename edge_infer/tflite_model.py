@@ -1,0 +1,84 @@
+"""A TFLite model file behind one interpreter: uint8 images in, class probabilities out.
+
+uint8 images go straight into an integer model (its input scale must be 1 and zero point 0),
+so the int8 path never converts pixels to float; float models get the same values as float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE
+
+
+class InterpreterMissing(RuntimeError):
+    """Neither ai-edge-litert nor tflite-runtime is installed."""
+
+
+def interpreter_class():
+    """The TFLite Interpreter class: ai-edge-litert, else the older tflite-runtime."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise InterpreterMissing(
+                "no TFLite interpreter installed: pip install ai-edge-litert "
+                "(or tflite-runtime on older Raspberry Pi OS)"
+            ) from None
+    return Interpreter
+
+
+class TFLiteModel:
+    """One interpreter for one model file; not thread-safe (use one per thread)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+        self.path = os.fspath(path)
+        self.interpreter = interpreter_class()(model_path=self.path, num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        shape = tuple(int(d) for d in self.input["shape"][1:])
+        if shape != INPUT_SHAPE or int(self.output["shape"][-1]) != len(CLASS_NAMES):
+            raise ValueError(f"{self.path}: expects {shape} -> {self.output['shape']}, "
+                             f"not {INPUT_SHAPE} -> {len(CLASS_NAMES)} classes")
+        if self.input_dtype == "uint8" and tuple(self.input["quantization"]) != (1.0, 0):
+            raise ValueError(f"{self.path}: uint8 input must have scale 1 and zero point 0, "
+                             f"has {self.input['quantization']}")
+
+    @property
+    def input_dtype(self) -> str:
+        return np.dtype(self.input["dtype"]).name
+
+    @property
+    def output_dtype(self) -> str:
+        return np.dtype(self.output["dtype"]).name
+
+    def io_spec(self) -> dict:
+        """Input/output dtype, shape and quantization, as recorded in the manifest."""
+        def spec(detail: dict) -> dict:
+            scale, zero_point = detail["quantization"]
+            return {"dtype": np.dtype(detail["dtype"]).name,
+                    "shape": [int(d) for d in detail["shape"]],
+                    "quantization": {"scale": float(scale), "zero_point": int(zero_point)}}
+        return {"input": spec(self.input), "output": spec(self.output)}
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities (3,) of one preprocessed uint8 image (224, 224, 3)."""
+        if image.shape != INPUT_SHAPE or image.dtype != np.uint8:
+            raise ValueError(f"expected uint8 {INPUT_SHAPE}, got {image.dtype} {image.shape}")
+        batch = image[None] if self.input_dtype == "uint8" else image[None].astype(np.float32)
+        self.interpreter.set_tensor(self.input["index"], batch)
+        self.interpreter.invoke()
+        raw = self.interpreter.get_tensor(self.output["index"])[0]
+        scale, zero_point = self.output["quantization"]
+        if scale:
+            return (raw.astype(np.float32) - zero_point) * np.float32(scale)
+        return raw.astype(np.float32)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 3) for a stack of preprocessed images."""
+        return np.stack([self.probabilities(image) for image in images])

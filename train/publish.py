@@ -1,0 +1,48 @@
+"""`busi-publish RUN_DIR`: ship a trained run's Keras model in models/ with its manifest entry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import click
+
+from edge_infer.datasets import models_dir
+from edge_infer.manifest import file_facts, update_manifest
+from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE
+
+
+def keras_entry(run_dir: Path, model_file: Path) -> dict:
+    """The manifest entry of a Keras model, from the run's results.json."""
+    results = json.loads((run_dir / "results.json").read_text())
+    config = results["config"]
+    return {
+        "format": "keras", "arch": config["arch"], "variant": "keras", **file_facts(model_file),
+        "input": {"dtype": "float32", "shape": [None, *INPUT_SHAPE], "range": [0, 255]},
+        "output": {"dtype": "float32", "shape": [None, len(CLASS_NAMES)]},
+        "class_names": list(CLASS_NAMES), "preprocessing": results["preprocessing"],
+        "initialisation": results["initialisation"], "threshold": results["threshold"],
+        "threshold_rule": "highest T with malignant recall >= 0.95 on the validation split",
+        "training": {"config": config, "counts": results["counts"],
+                     "train_seconds": results["train_seconds"]},
+        "metrics": {"val": results["val"], "test": results["test"]},
+    }
+
+
+@click.command(help="Copy RUN_DIR/model.keras to models/<arch>.keras and record it in the "
+               "manifest (replacing the previous copy: one current model per architecture).")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--default", "make_default", is_flag=True,
+              help="Make this architecture the runtime's default.")
+def main(run_dir: Path, make_default: bool) -> None:
+    arch = json.loads((run_dir / "results.json").read_text())["config"]["arch"]
+    target = models_dir() / f"{arch}.keras"
+    shutil.copyfile(run_dir / "model.keras", target)
+    update_manifest({f"{arch}/keras": keras_entry(run_dir, target)},
+                    default_arch=arch if make_default else None)
+    click.echo(f"published {target}")
+
+
+if __name__ == "__main__":
+    main()
