@@ -77,7 +77,9 @@ def classification_metrics(
         result.update(threshold=float(threshold), malignant_recall_at_threshold=recall_t,
                       malignant_specificity_at_threshold=spec_t)
     if len(np.unique(y_true)) == len(CLASS_NAMES):
-        result["roc_auc_ovr"] = float(roc_auc_score(y_true, probs, multi_class="ovr",
+        # Dequantized int8 outputs sum to 1 only within a few 1/256 steps: renormalise for AUC.
+        normalised = probs / probs.sum(axis=1, keepdims=True)
+        result["roc_auc_ovr"] = float(roc_auc_score(y_true, normalised, multi_class="ovr",
                                                     labels=labels))
     lesion = y_true != CLASS_NAMES.index("normal")
     if len(np.unique(y_true[lesion])) == 2:

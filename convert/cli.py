@@ -57,7 +57,7 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
     import keras
 
     from convert.tflite import VARIANTS, convert_model, float32_weight_bytes
-    from convert.verify import TARGETS, check_targets, evaluate_variant
+    from convert.verify import check_targets, evaluate_variant, targets_for
 
     wanted = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = sorted(set(wanted) - set(VARIANTS))
@@ -91,7 +91,8 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         probs = {split: _predict(tflite, data[split][0], f"{variant} {split}") for split in data}
         report = evaluate_variant(labels, probs, keras_probs)
         size_ratio = baseline_bytes / path.stat().st_size
-        failures = check_targets(variant, report, keras_report, size_ratio)
+        targets = targets_for(arch, variant)
+        failures = check_targets(targets, report, keras_report, size_ratio)
         click.echo(_line(variant, report) + f"  size {path.stat().st_size / 1e6:.1f} MB "
                    f"({size_ratio:.1f}x smaller)" + (f"  FAILED: {failures}" if failures else ""))
         if failures:
@@ -105,7 +106,7 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
             "source_model": {"file": source.info["file"], "sha256": source.info["sha256"]},
             "calibration": CALIBRATION if variant == "int8" else None,
             "made_by": f"busi-convert (tensorflow {_tf_version()}, keras {keras.__version__})",
-            "verification": {**report, "targets": TARGETS[variant],
+            "verification": {**report, "targets": targets,
                              "size_ratio_vs_float32_weights": size_ratio,
                              "keras_test": {k: keras_report["test"][k] for k in
                                             ("accuracy", "macro_f1",

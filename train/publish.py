@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import click
+import keras
 
 from edge_infer.datasets import models_dir
 from edge_infer.manifest import file_facts, update_manifest
@@ -30,15 +30,16 @@ def keras_entry(run_dir: Path, model_file: Path) -> dict:
     }
 
 
-@click.command(help="Copy RUN_DIR/model.keras to models/<arch>.keras and record it in the "
-               "manifest (replacing the previous copy: one current model per architecture).")
+@click.command(help="Save RUN_DIR/model.keras (without optimizer state) as models/<arch>.keras "
+               "and record it in the manifest, replacing the previous copy: one current model "
+               "per architecture.")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--default", "make_default", is_flag=True,
               help="Make this architecture the runtime's default.")
 def main(run_dir: Path, make_default: bool) -> None:
     arch = json.loads((run_dir / "results.json").read_text())["config"]["arch"]
     target = models_dir() / f"{arch}.keras"
-    shutil.copyfile(run_dir / "model.keras", target)
+    keras.models.load_model(run_dir / "model.keras", compile=False).save(target)
     update_manifest({f"{arch}/keras": keras_entry(run_dir, target)},
                     default_arch=arch if make_default else None)
     click.echo(f"published {target}")
