@@ -67,7 +67,9 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
     manifest_file = folder / MANIFEST_FILENAME
     split_file = folder / SPLIT_FILENAME
     try:
-        arch = arch or read_manifest(manifest_file)["default_arch"]
+        arch = arch or read_manifest(manifest_file).get("default_arch")
+        if not arch:
+            raise ModelError(f"{manifest_file} names no default architecture: pass --arch")
         source = resolve_model(f"{arch}/keras", manifest_file)
         root = resolve_busi_dir(busi_dir)
     except (ModelError, FileNotFoundError) as err:
@@ -86,21 +88,29 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
     for variant in wanted:
         click.echo(f"converting {arch} -> {variant} ...", err=True)
         path = folder / f"{arch}-{variant}.tflite"
-        path.write_bytes(convert_model(model, variant, data["val"][0]))
-        tflite = TFLiteModel(path, threads)
+        # Verify under a temporary name: a variant that misses its target must not replace
+        # the file an existing manifest entry vouches for.
+        candidate = path.with_name(path.name + ".tmp")
+        candidate.write_bytes(convert_model(model, variant, data["val"][0]))
+        tflite = TFLiteModel(candidate, threads)
         probs = {split: _predict(tflite, data[split][0], f"{variant} {split}") for split in data}
+        io_spec = tflite.io_spec()
+        del tflite  # release the mapped file before it is moved or removed
         report = evaluate_variant(labels, probs, keras_probs)
-        size_ratio = baseline_bytes / path.stat().st_size
+        size = candidate.stat().st_size
+        size_ratio = baseline_bytes / size
         targets = targets_for(arch, variant)
         failures = check_targets(targets, report, keras_report, size_ratio)
-        click.echo(_line(variant, report) + f"  size {path.stat().st_size / 1e6:.1f} MB "
+        click.echo(_line(variant, report) + f"  size {size / 1e6:.1f} MB "
                    f"({size_ratio:.1f}x smaller)" + (f"  FAILED: {failures}" if failures else ""))
         if failures:
+            candidate.unlink()
             failed[variant] = failures
             continue
+        candidate.replace(path)
         entries[f"{arch}/{variant}"] = {
             "format": "tflite", "arch": arch, "variant": variant, **file_facts(path),
-            **tflite.io_spec(), "class_names": list(CLASS_NAMES),
+            **io_spec, "class_names": list(CLASS_NAMES),
             "preprocessing": PREPROCESSING_ID, "threshold": report["threshold"],
             "threshold_rule": "highest T with malignant recall >= 0.95 on the validation split",
             "source_model": {"file": source.info["file"], "sha256": source.info["sha256"]},

@@ -33,8 +33,12 @@ class SplitRow:
 
 
 def models_dir() -> Path:
-    """The folder holding the shipped models and manifest (installed as `edge_infer.models`)."""
-    return Path(str(resources.files("edge_infer.models")))
+    """The folder holding the shipped models and manifest: installed as `edge_infer.models`,
+    or the project's `models/` when running from a source tree."""
+    try:
+        return Path(str(resources.files("edge_infer.models")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "models"
 
 
 def resolve_busi_dir(path: str | os.PathLike | None = None) -> Path:

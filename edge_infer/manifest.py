@@ -70,7 +70,8 @@ def resolve_model(name: str, manifest_file: str | os.PathLike | None = None) -> 
     manifest = read_manifest(manifest_file)
     folder = manifest_file.parent
     models = manifest["models"]
-    key = name if name in models else f"{manifest['default_arch']}/{name}"
+    default_arch = manifest.get("default_arch")  # absent until a model is published --default
+    key = name if name in models or not default_arch else f"{default_arch}/{name}"
     if key in models:
         entry = _entry(manifest, key, folder)
         if not entry.path.is_file():
@@ -112,6 +113,21 @@ def update_manifest(entries: dict[str, dict], default_arch: str | None = None,
     manifest["models"] = dict(sorted(manifest["models"].items()))
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def drop_derived_models(arch: str, path: str | os.PathLike | None = None) -> list[str]:
+    """Remove an architecture's converted models (files and entries): they were made from a
+    Keras model that is being replaced. Returns the keys removed."""
+    path = Path(path) if path else manifest_path()
+    if not path.is_file():
+        return []
+    manifest = read_manifest(path)
+    removed = [key for key, info in manifest["models"].items()
+               if info["arch"] == arch and info["format"] != "keras"]
+    for key in removed:
+        (path.parent / manifest["models"].pop(key)["file"]).unlink(missing_ok=True)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return removed
 
 
 def file_facts(path: str | os.PathLike) -> dict:

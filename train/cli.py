@@ -34,21 +34,32 @@ DEFAULTS = TrainConfig()
 @click.option("--dropout", default=DEFAULTS.dropout, show_default=True)
 @click.option("--patience", default=DEFAULTS.patience, show_default=True,
               help="Early-stopping patience (epochs without a lower validation loss).")
+@click.option("--unfreeze-from", default=DEFAULTS.unfreeze_from,
+              help="Fine-tune only from this backbone layer up (e.g. block4a); default: all.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True)
 @click.option("--fold", type=click.IntRange(0, 4), default=None,
               help="Cross-validation: test on this fold, validate on the next, train on the rest.")
+@click.option("--cv", is_flag=True,
+              help="Run all 5 CV folds into OUT/fold<k> and write OUT/cv_summary.json.")
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Use at most N images per class in each part (smoke runs).")
 def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs, head_lr,
-         finetune_lr, batch_size, dropout, patience, seed, fold, limit) -> None:
-    from train.recipe import fit
+         finetune_lr, batch_size, dropout, patience, unfreeze_from, seed, fold, cv, limit) -> None:
+    from train.recipe import cross_validate, fit
 
+    if cv and fold is not None:
+        raise click.UsageError("--cv runs every fold; do not combine it with --fold")
     config = TrainConfig(arch=arch, weights=weights, head_epochs=head_epochs,
                          finetune_epochs=finetune_epochs, head_lr=head_lr,
                          finetune_lr=finetune_lr, batch_size=batch_size, dropout=dropout,
-                         patience=patience, seed=seed, fold=fold, limit=limit)
+                         patience=patience, unfreeze_from=unfreeze_from, seed=seed, fold=fold,
+                         limit=limit)
     try:
-        results = fit(config, read_split(split_file), resolve_busi_dir(busi_dir), out)
+        rows, root = read_split(split_file), resolve_busi_dir(busi_dir)
+        if cv:
+            click.echo(json.dumps(cross_validate(config, rows, root, out), indent=2))
+            return
+        results = fit(config, rows, root, out)
     except (WeightsError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     summary = {part: {k: round(results[part][k], 4)

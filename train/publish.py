@@ -9,7 +9,7 @@ import click
 import keras
 
 from edge_infer.datasets import models_dir
-from edge_infer.manifest import file_facts, update_manifest
+from edge_infer.manifest import drop_derived_models, file_facts, update_manifest
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE
 
 
@@ -39,10 +39,12 @@ def keras_entry(run_dir: Path, model_file: Path) -> dict:
 def main(run_dir: Path, make_default: bool) -> None:
     arch = json.loads((run_dir / "results.json").read_text())["config"]["arch"]
     target = models_dir() / f"{arch}.keras"
+    stale = drop_derived_models(arch)
     keras.models.load_model(run_dir / "model.keras", compile=False).save(target)
     update_manifest({f"{arch}/keras": keras_entry(run_dir, target)},
                     default_arch=arch if make_default else None)
-    click.echo(f"published {target}")
+    click.echo(f"published {target}" + (f"; removed stale {', '.join(stale)}: run busi-convert"
+                                          if stale else ""))
 
 
 if __name__ == "__main__":

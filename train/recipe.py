@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
@@ -51,6 +51,7 @@ class TrainConfig:
     batch_size: int = 16
     dropout: float = 0.3
     patience: int = 8
+    unfreeze_from: str | None = None
     seed: int = 0
     fold: int | None = None
     limit: int | None = None
@@ -127,6 +128,20 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
             for i, c in enumerate(counts)}
 
 
+def set_finetunable(backbone: keras.Model, unfreeze_from: str | None) -> None:
+    """Freeze every BatchNorm, and every layer before the first one named `unfreeze_from*`."""
+    names = [layer.name for layer in backbone.layers]
+    start = 0
+    if unfreeze_from:
+        matches = [i for i, name in enumerate(names) if name.startswith(unfreeze_from)]
+        if not matches:
+            raise ValueError(f"no backbone layer starts with {unfreeze_from!r}")
+        start = matches[0]
+    for index, layer in enumerate(backbone.layers):
+        frozen = index < start or isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = not frozen
+
+
 def _compile(model: keras.Model, learning_rate, config: TrainConfig) -> None:
     model.compile(
         optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay),
@@ -159,9 +174,7 @@ def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Pat
         history["head"] = _history(run)
     backbone.trainable = True
     if pretrained:
-        for layer in backbone.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
+        set_finetunable(backbone, config.unfreeze_from)
     steps = int(np.ceil(len(x_train) / config.batch_size)) * config.finetune_epochs
     schedule = keras.optimizers.schedules.CosineDecay(config.finetune_lr, max(steps, 1))
     _compile(model, schedule, config)
@@ -185,6 +198,21 @@ def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Pat
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
     return results
+
+
+def cross_validate(config: TrainConfig, rows: list[SplitRow], busi_root: Path,
+                   out_dir: Path) -> dict:
+    """Run the recipe on the 5 grouped CV folds; mean and sd of the test-fold metrics."""
+    folds = [fit(replace(config, fold=k), rows, busi_root, out_dir / f"fold{k}")
+             for k in range(5)]
+    summary: dict = {"config": asdict(replace(config, fold=None)), "folds": 5}
+    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "malignant_recall_argmax",
+                   "roc_auc_ovr"):
+        values = [result["test"][metric] for result in folds]
+        summary[metric] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)),
+                           "per_fold": values}
+    (out_dir / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def _history(run: keras.callbacks.History) -> dict[str, list[float]]:

@@ -1,0 +1,466 @@
+"""Keras -> TFLite conversion, the verification rules and `busi-convert` end to end.
+
+A tiny seeded Keras model (not EfficientNet) stands in for the trained one, so the whole
+file runs in seconds; the images are real BUSI validation/test images through the shared
+preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from benchmarks.metrics import choose_threshold
+from convert import verify
+from convert.cli import main as convert_main
+from convert.tflite import VARIANTS, convert_model, float32_weight_bytes
+from edge_infer.datasets import SPLIT_FILENAME, load_images, resolve_busi_dir, split_files
+from edge_infer.datasets import models_dir as shipped_models_dir
+from edge_infer.manifest import (
+    MANIFEST_FILENAME,
+    file_facts,
+    read_manifest,
+    resolve_model,
+    update_manifest,
+)
+from edge_infer.preprocess import preprocess_image
+from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, MALIGNANT_INDEX, PREPROCESSING_ID
+from edge_infer.tflite_model import TFLiteModel
+from train.publish import keras_entry
+from train.recipe import TrainConfig
+
+ARCH = "efficientnet-lite0"
+SHIPPED_SPLIT = shipped_models_dir() / SPLIT_FILENAME
+INT8_STEP = 1 / 256
+# Conv2D 8x8x3 -> 128 (+ bias) and Dense 128 -> 3 (+ bias).
+TINY_PARAMS = (8 * 8 * 3 * 128 + 128) + (128 * 3 + 3)
+# The tiny model meets the real int8 agreement/accuracy/recall targets, but its int8 file is
+# only ~3.2x smaller than its float32 weights (fixed overhead weighs more on 25 k parameters).
+LOOSE_SIZE_RATIO = 2.5
+
+# TensorFlow's note on every uint8-input conversion; the io test checks the input directly.
+pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
+
+
+def sha256_hex(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- shared fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busi_root() -> Path:
+    try:
+        return resolve_busi_dir()
+    except FileNotFoundError:
+        pytest.skip("BUSI dataset not found (set BUSI_DIR to run the conversion tests)")
+
+
+@pytest.fixture(scope="module")
+def val_split(busi_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """All validation images of the shipped split: the CLI's calibration and threshold set."""
+    return load_images(split_files("val", SHIPPED_SPLIT), busi_root, desc="val")
+
+
+@pytest.fixture(scope="module")
+def test_images(busi_root: Path) -> np.ndarray:
+    """40 test-split images, each through `preprocess_image` (uint8, 224x224x3)."""
+    rows = split_files("test", SHIPPED_SPLIT)[::3][:40]
+    return np.stack([preprocess_image(busi_root / row.file) for row in rows])
+
+
+def build_tiny(seed: int) -> keras.Model:
+    """float32 0..255 -> Rescaling -> strided Conv2D + ReLU -> GAP -> Dense(3, softmax)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(INPUT_SHAPE, dtype="float32")
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(128, 8, strides=8, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> keras.Model:
+    return build_tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def keras_probs(tiny_model: keras.Model, test_images: np.ndarray) -> np.ndarray:
+    return tiny_model.predict(test_images.astype(np.float32), verbose=0)
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_model: keras.Model, val_split, tmp_path_factory) -> dict[str, Path]:
+    """Each variant converted once (int8 calibrated on the validation images)."""
+    folder = tmp_path_factory.mktemp("converted")
+    paths = {}
+    for variant in VARIANTS:
+        paths[variant] = folder / f"tiny-{variant}.tflite"
+        paths[variant].write_bytes(convert_model(tiny_model, variant, val_split[0]))
+    return paths
+
+
+# --- convert.tflite ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_loads_in_the_runtime(converted, test_images, variant: str) -> None:
+    model = TFLiteModel(converted[variant])
+    expected_dtype = "uint8" if variant == "int8" else "float32"
+    assert (model.input_dtype, model.output_dtype) == (expected_dtype, expected_dtype)
+    spec = model.io_spec()
+    assert spec["input"]["shape"] == [1, *INPUT_SHAPE]
+    assert spec["output"]["shape"] == [1, len(CLASS_NAMES)]
+    probs = model.predict(test_images[:5])
+    assert probs.shape == (5, len(CLASS_NAMES)) and probs.dtype == np.float32
+    assert np.all(probs >= 0) and np.all(probs <= 1)
+    assert np.allclose(probs.sum(axis=1), 1, atol=3 * INT8_STEP)
+
+
+def test_float32_matches_keras(converted, test_images, keras_probs) -> None:
+    probs = TFLiteModel(converted["float32"]).predict(test_images)
+    np.testing.assert_allclose(probs, keras_probs, rtol=0, atol=1e-4)
+    assert np.array_equal(probs.argmax(1), keras_probs.argmax(1))
+
+
+@pytest.mark.parametrize(("variant", "atol"), [("float16", 2e-3), ("dynamic", 2e-2)])
+def test_reduced_float_variants_stay_close_to_keras(converted, test_images, keras_probs,
+                                                    variant: str, atol: float) -> None:
+    probs = TFLiteModel(converted[variant]).predict(test_images)
+    np.testing.assert_allclose(probs, keras_probs, rtol=0, atol=atol)
+
+
+def test_int8_takes_raw_uint8_pixels_and_returns_uint8_probabilities(converted) -> None:
+    model = TFLiteModel(converted["int8"])
+    assert model.input["dtype"] == np.uint8
+    assert tuple(model.input["quantization"]) == (1.0, 0)
+    assert model.output["dtype"] == np.uint8
+    scale, zero_point = model.output["quantization"]
+    assert scale == pytest.approx(INT8_STEP) and zero_point == 0
+
+
+def test_int8_probabilities_are_within_a_few_steps_of_keras(converted, test_images,
+                                                           keras_probs) -> None:
+    probs = TFLiteModel(converted["int8"]).predict(test_images)
+    steps = probs / INT8_STEP
+    assert np.allclose(steps, np.round(steps), atol=1e-3)  # dequantized uint8 values
+    assert np.abs(probs - keras_probs).max() <= 4 * INT8_STEP
+
+
+def test_file_sizes_follow_the_variant(converted, tiny_model) -> None:
+    size = {variant: path.stat().st_size for variant, path in converted.items()}
+    assert 0.45 <= size["float16"] / size["float32"] <= 0.6
+    assert size["int8"] / size["float32"] < 0.35
+    assert size["dynamic"] / size["float32"] < 0.35
+    assert float32_weight_bytes(tiny_model) == 4 * TINY_PARAMS
+    assert size["float32"] >= 4 * TINY_PARAMS
+
+
+@pytest.mark.parametrize("calibration", [None, np.zeros((0, *INPUT_SHAPE), np.uint8)],
+                         ids=["none", "empty"])
+def test_int8_without_calibration_is_refused(tiny_model, calibration) -> None:
+    with pytest.raises(ValueError, match="calibration"):
+        convert_model(tiny_model, "int8", calibration)
+
+
+@pytest.mark.parametrize("variant", ["int4", "FLOAT32", "keras", ""])
+def test_unknown_variant_is_refused(tiny_model, variant: str) -> None:
+    with pytest.raises(ValueError, match="unknown variant"):
+        convert_model(tiny_model, variant)
+
+
+# --- convert.verify ------------------------------------------------------------------------
+
+
+def test_agreement_on_hand_built_arrays() -> None:
+    reference = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
+    probs = np.array([[0.5, 0.4, 0.1], [0.2, 0.6, 0.2], [0.3, 0.3, 0.4], [0.4, 0.5, 0.1]])
+    result = verify.agreement(reference, probs)
+    assert result == {"agreement": 0.75, "max_abs_dprob": pytest.approx(0.3),
+                      "mean_abs_dprob": pytest.approx(1.2 / 12)}
+    assert verify.agreement(reference, reference) == {
+        "agreement": 1.0, "max_abs_dprob": 0.0, "mean_abs_dprob": 0.0}
+    # float32 reference against uint8-step probabilities (the int8 case)
+    quantized = np.round(reference * 256) / 256
+    assert verify.agreement(reference.astype(np.float32), quantized)["agreement"] == 1.0
+
+
+def report(agreement: float = 1.0, accuracy: float = 0.8, recall: float = 0.95) -> dict:
+    return {"test": {"agreement": agreement, "accuracy": accuracy,
+                     "malignant_recall_at_threshold": recall}}
+
+
+INT8_TARGETS = {"min_agreement": 0.99, "max_accuracy_drop": 0.01,
+                "max_malignant_recall_drop": 0.02, "min_size_ratio": 3.4}
+KERAS = report(accuracy=0.80, recall=0.95)
+
+
+def test_check_targets_passes_at_the_limits() -> None:
+    at_limits = report(agreement=0.99, accuracy=0.79, recall=0.93)  # drops 0.01 and 0.02
+    assert verify.check_targets(INT8_TARGETS, at_limits, KERAS, size_ratio=3.4) == []
+    better = report(agreement=1.0, accuracy=0.9, recall=1.0)
+    assert verify.check_targets(INT8_TARGETS, better, KERAS, size_ratio=4.0) == []
+
+
+@pytest.mark.parametrize(
+    ("variant_report", "size_ratio", "message"),
+    [
+        (report(agreement=0.98), 3.5, "agreement 0.9800 < 0.99"),
+        (report(accuracy=0.78), 3.5, "accuracy 0.0200 below Keras"),
+        (report(recall=0.92), 3.5, "malignant recall 0.0300 below Keras"),
+        (report(), 3.39, "only 3.39x smaller than float32 weights"),
+    ],
+    ids=["agreement", "accuracy", "malignant-recall", "size"],
+)
+def test_check_targets_fails_each_target_on_its_own(variant_report: dict, size_ratio: float,
+                                                    message: str) -> None:
+    failures = verify.check_targets(INT8_TARGETS, variant_report, KERAS, size_ratio)
+    assert len(failures) == 1
+    assert failures[0].startswith(message)
+
+
+def test_check_targets_reports_every_failure_and_ignores_targets_not_set() -> None:
+    bad = report(agreement=0.5, accuracy=0.1, recall=0.1)
+    assert len(verify.check_targets(INT8_TARGETS, bad, KERAS, size_ratio=1.0)) == 4
+    # float32 has only an agreement target: accuracy, recall and size are not checked
+    float32 = verify.targets_for(ARCH, "float32")
+    assert verify.check_targets(float32, report(accuracy=0.1, recall=0.1), KERAS, 1.0) == []
+    assert len(verify.check_targets(float32, report(agreement=0.99), KERAS, 1.0)) == 1
+
+
+@pytest.mark.parametrize(("arch", "ratio"),
+                         [("efficientnet-lite0", 3.4), ("efficientnetb0", 3.5), ("other", 3.5)])
+def test_targets_for_int8_depends_on_the_architecture(arch: str, ratio: float) -> None:
+    targets = verify.targets_for(arch, "int8")
+    assert targets == {**verify.TARGETS["int8"], "min_size_ratio": ratio}
+    assert "min_size_ratio" not in verify.TARGETS["int8"]  # a copy, not the shared dict
+
+
+@pytest.mark.parametrize("variant", ["float32", "float16", "dynamic"])
+def test_targets_for_float_variants_have_no_size_target(variant: str) -> None:
+    assert verify.targets_for(ARCH, variant) == verify.TARGETS[variant]
+    assert set(verify.TARGETS) == set(VARIANTS)
+
+
+# --- busi-convert end to end ---------------------------------------------------------------
+
+
+def publish(folder: Path, model: keras.Model, make_default: bool = True) -> None:
+    """What `busi-publish [--default]` does: save models/<arch>.keras and its manifest entry."""
+    run_dir = folder.parent / f"{folder.name}-run"
+    run_dir.mkdir(exist_ok=True)
+    config = TrainConfig(arch=ARCH, weights="random", head_epochs=0, finetune_epochs=1)
+    results = {"config": asdict(config), "initialisation": "random",
+               "preprocessing": PREPROCESSING_ID, "train_seconds": 1.0,
+               "counts": {"train": 532, "val": 114, "test": 114}, "threshold": 0.3,
+               "val": {"accuracy": 0.5}, "test": {"accuracy": 0.5}}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    target = folder / f"{ARCH}.keras"
+    model.save(target)
+    update_manifest({f"{ARCH}/keras": keras_entry(run_dir, target)},
+                    default_arch=ARCH if make_default else None, path=folder / MANIFEST_FILENAME)
+
+
+def make_models_dir(folder: Path, model: keras.Model, make_default: bool = True) -> Path:
+    """A models/ folder as `busi-publish [--default]` leaves it: split, Lite0 .keras, manifest."""
+    folder.mkdir(parents=True)
+    shutil.copy(SHIPPED_SPLIT, folder / SPLIT_FILENAME)
+    publish(folder, model, make_default)
+    entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/keras"]
+    assert {k: entry[k] for k in ("file", "sha256", "bytes")} == file_facts(
+        folder / f"{ARCH}.keras")
+    return folder
+
+
+def run_convert(folder: Path, busi_root: Path, variants: str = "float32,int8"):
+    args = ["--variants", variants, "--models-dir", str(folder), "--busi-dir", str(busi_root),
+            "--threads", "2"]
+    return CliRunner().invoke(convert_main, args)
+
+
+def loosen_size_target(patch: pytest.MonkeyPatch) -> None:
+    patch.setitem(verify.SIZE_RATIO_TARGET, ARCH, LOOSE_SIZE_RATIO)
+
+
+@pytest.fixture(scope="module")
+def passed_run(tiny_model, busi_root, tmp_path_factory):
+    """One `busi-convert --variants float32,int8` that meets its targets (size loosened)."""
+    folder = make_models_dir(tmp_path_factory.mktemp("passed") / "models", tiny_model)
+    keras_sha = sha256_hex(folder / f"{ARCH}.keras")
+    with pytest.MonkeyPatch.context() as patch:
+        loosen_size_target(patch)
+        result = run_convert(folder, busi_root)
+    return result, folder, keras_sha
+
+
+def test_cli_converts_and_enters_the_variants(passed_run) -> None:
+    result, folder, keras_sha = passed_run
+    assert result.exit_code == 0, result.output
+    assert "manifest updated: efficientnet-lite0/float32, efficientnet-lite0/int8" in result.output
+    manifest = read_manifest(folder / MANIFEST_FILENAME)
+    assert set(manifest["models"]) == {f"{ARCH}/keras", f"{ARCH}/float32", f"{ARCH}/int8"}
+    assert manifest["default_arch"] == ARCH
+    assert manifest["split"]["sha256"] == sha256_hex(SHIPPED_SPLIT)
+    assert manifest["models"][f"{ARCH}/keras"]["sha256"] == keras_sha
+    for variant in ("float32", "int8"):
+        path = folder / f"{ARCH}-{variant}.tflite"
+        assert path.is_file()
+        entry = manifest["models"][f"{ARCH}/{variant}"]
+        assert (entry["format"], entry["arch"], entry["variant"]) == ("tflite", ARCH, variant)
+        assert entry["file"] == path.name
+        assert entry["sha256"] == sha256_hex(path)
+        assert entry["bytes"] == path.stat().st_size == len(path.read_bytes())
+        assert entry["source_model"] == {"file": f"{ARCH}.keras", "sha256": keras_sha}
+        assert entry["class_names"] == list(CLASS_NAMES)
+        assert entry["preprocessing"] == PREPROCESSING_ID
+        assert (entry["calibration"] is not None) == (variant == "int8")
+        # the runtime accepts the new entry as it is
+        assert resolve_model(variant, folder / MANIFEST_FILENAME).path == path
+
+
+@pytest.mark.parametrize("variant", ["float32", "int8"])
+def test_cli_records_the_interpreters_io(passed_run, variant: str) -> None:
+    _, folder, _ = passed_run
+    entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/{variant}"]
+    interpreter = TFLiteModel(folder / entry["file"]).interpreter
+    for side, detail in (("input", interpreter.get_input_details()[0]),
+                         ("output", interpreter.get_output_details()[0])):
+        assert entry[side]["dtype"] == np.dtype(detail["dtype"]).name
+        assert entry[side]["shape"] == detail["shape"].tolist()
+        scale, zero_point = detail["quantization"]
+        assert entry[side]["quantization"] == {"scale": pytest.approx(scale),
+                                               "zero_point": zero_point}
+    if variant == "int8":
+        assert entry["input"]["dtype"] == entry["output"]["dtype"] == "uint8"
+        assert entry["input"]["quantization"] == {"scale": 1.0, "zero_point": 0}
+    else:
+        assert entry["input"]["dtype"] == entry["output"]["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("variant", ["float32", "int8"])
+def test_cli_threshold_is_chosen_on_the_variants_validation_probabilities(
+        passed_run, val_split, variant: str) -> None:
+    _, folder, _ = passed_run
+    entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/{variant}"]
+    images, labels = val_split
+    probs = TFLiteModel(folder / entry["file"], threads=2).predict(images)
+    assert 0.0 <= entry["threshold"] <= 1.0
+    assert entry["threshold"] == choose_threshold(labels, probs[:, MALIGNANT_INDEX])
+    assert entry["verification"]["threshold"] == entry["threshold"]
+
+
+@pytest.mark.parametrize("variant", ["float32", "int8"])
+def test_cli_records_the_verification(passed_run, variant: str) -> None:
+    _, folder, _ = passed_run
+    entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/{variant}"]
+    verification = entry["verification"]
+    for split, size in (("val", 114), ("test", 114)):
+        block = verification[split]
+        assert block["n"] == size
+        assert 0.0 <= block["accuracy"] <= 1.0
+        assert 0.0 <= block["agreement"] <= 1.0
+        assert block["max_abs_dprob"] >= block["mean_abs_dprob"] >= 0.0
+    if variant == "float32":
+        assert verification["test"]["agreement"] == verification["val"]["agreement"] == 1.0
+        assert verification["test"]["max_abs_dprob"] < 1e-4
+        assert verification["targets"] == verify.TARGETS["float32"]
+        assert verification["test"]["accuracy"] == verification["keras_test"]["accuracy"]
+    else:
+        assert verification["targets"] == {**verify.TARGETS["int8"],
+                                           "min_size_ratio": LOOSE_SIZE_RATIO}
+        assert verification["test"]["agreement"] >= verify.TARGETS["int8"]["min_agreement"]
+    ratio = 4 * TINY_PARAMS / entry["bytes"]
+    assert verification["size_ratio_vs_float32_weights"] == pytest.approx(ratio)
+    assert set(verification["keras_test"]) == {"accuracy", "macro_f1",
+                                               "malignant_recall_at_threshold"}
+
+
+def test_cli_leaves_a_variant_that_misses_its_target_out(tiny_model, busi_root, tmp_path,
+                                                         monkeypatch) -> None:
+    folder = make_models_dir(tmp_path / "models", tiny_model)
+    loosen_size_target(monkeypatch)
+    monkeypatch.setitem(verify.TARGETS, "int8", {**verify.TARGETS["int8"], "min_agreement": 1.01})
+    result = run_convert(folder, busi_root)
+    assert result.exit_code == 1, result.output
+    assert "not in the manifest" in result.stderr and "'int8'" in result.stderr
+    assert "agreement" in result.stderr
+    models = read_manifest(folder / MANIFEST_FILENAME)["models"]
+    assert f"{ARCH}/int8" not in models
+    assert set(models) == {f"{ARCH}/keras", f"{ARCH}/float32"}  # the passing one still goes in
+
+
+def test_cli_failed_reconversion_keeps_the_verified_variant(passed_run, busi_root, tmp_path,
+                                                            monkeypatch) -> None:
+    """A newly published model whose int8 misses its target must not clobber the int8 file
+    the manifest vouches for (the runtime would then refuse it as replaced)."""
+    _, passed_folder, _ = passed_run
+    folder = tmp_path / "models"
+    shutil.copytree(passed_folder, folder)
+    before = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/int8"]
+    int8_bytes = (folder / before["file"]).read_bytes()
+    publish(folder, build_tiny(seed=1))
+    monkeypatch.setitem(verify.SIZE_RATIO_TARGET, ARCH, 1000.0)  # impossible
+    result = run_convert(folder, busi_root, variants="int8")
+    assert result.exit_code == 1, result.output
+    assert read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/int8"] == before
+    assert (folder / before["file"]).read_bytes() == int8_bytes
+    assert resolve_model(f"{ARCH}/int8", folder / MANIFEST_FILENAME).info == before
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name for p in passed_folder.iterdir())  # no leftover temporary file
+
+
+@pytest.mark.parametrize("variants", ["bogus", "float32,bogus", "int8,Float16"])
+def test_cli_unknown_variant_is_a_usage_error(tmp_path, variants: str) -> None:
+    result = CliRunner().invoke(convert_main, ["--variants", variants,
+                                               "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "unknown variant" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_refuses_a_keras_file_that_does_not_match_the_manifest(tiny_model, busi_root,
+                                                                  tmp_path) -> None:
+    folder = make_models_dir(tmp_path / "models", tiny_model)
+    keras_file = folder / f"{ARCH}.keras"
+    keras_file.write_bytes(keras_file.read_bytes() + b"\0")
+    result = run_convert(folder, busi_root)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "does not match the manifest" in result.output
+    assert "Traceback" not in result.output
+    assert not list(folder.glob("*.tflite"))
+    assert set(read_manifest(folder / MANIFEST_FILENAME)["models"]) == {f"{ARCH}/keras"}
+
+
+def test_cli_explains_a_missing_manifest_or_model(tiny_model, busi_root, tmp_path) -> None:
+    result = run_convert(tmp_path, busi_root)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "model manifest not found" in result.output
+    folder = make_models_dir(tmp_path / "models", tiny_model)
+    (folder / f"{ARCH}.keras").unlink()
+    result = run_convert(folder, busi_root)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "model file missing" in result.output
+
+
+def test_cli_without_a_default_arch_asks_for_one(tiny_model, busi_root, tmp_path) -> None:
+    """`busi-publish` without --default leaves no default_arch: a message, not a KeyError."""
+    folder = make_models_dir(tmp_path / "models", tiny_model, make_default=False)
+    assert "default_arch" not in read_manifest(folder / MANIFEST_FILENAME)
+    result = run_convert(folder, busi_root)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "no default architecture: pass --arch" in result.output
+    result = CliRunner().invoke(convert_main, ["--arch", "efficientnetb0", "--models-dir",
+                                               str(folder), "--busi-dir", str(busi_root)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "unknown model 'efficientnetb0/keras'" in result.output

@@ -1,0 +1,126 @@
+"""Training: the offline Lite0 weights reproduce their ImageNet check, B0 initialises from them,
+the training inputs are the runtime's inputs, and a seconds-long fit runs end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras", reason="training extra ([train]) not installed")
+
+from edge_infer.datasets import load_images, split_files  # noqa: E402
+from edge_infer.preprocess import decode_image, preprocess_image, to_model_input  # noqa: E402
+from train.architectures import (  # noqa: E402
+    block_names,
+    classifier,
+    efficientnet_lite0_backbone,
+    efficientnetb0_backbone,
+)
+from train.pretrained import (  # noqa: E402
+    LITE0_WEIGHTS_FILE,
+    WeightsError,
+    lite0_imagenet_classifier,
+    load_into_backbone,
+    make_b0_se_pass_through,
+    read_lite0_tensors,
+)
+from train.recipe import PROJECT_ROOT, TrainConfig, build_backbone, fit  # noqa: E402
+
+WEIGHTS = PROJECT_ROOT / LITE0_WEIGHTS_FILE
+
+
+@pytest.fixture(scope="module")
+def lite0_tensors():
+    if not WEIGHTS.is_file():
+        pytest.skip(f"offline Lite0 weights absent: {WEIGHTS}")
+    return read_lite0_tensors(WEIGHTS)
+
+
+@pytest.mark.parametrize("photo, imagenet_class, probability", [
+    ("chelsea", 285, 0.79),  # Egyptian cat
+    ("coffee", 967, 0.90),  # espresso
+])
+def test_lite0_build_reproduces_the_weights_imagenet_check(lite0_tensors, photo,
+                                                          imagenet_class, probability):
+    data = pytest.importorskip("skimage.data", reason="scikit-image not installed")
+    from PIL import Image
+
+    backbone = efficientnet_lite0_backbone()
+    load_into_backbone(backbone, lite0_tensors)
+    kernel, bias = lite0_imagenet_classifier(lite0_tensors)
+    image = preprocess_image(Image.fromarray(getattr(data, photo)()))
+    features = backbone.predict(image[None].astype("float32"), verbose=0).mean(axis=(1, 2))
+    logits = features @ kernel + bias
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    assert probs.argmax() == imagenet_class
+    assert probs.max() == pytest.approx(probability, abs=0.02)
+
+
+def test_b0_initialises_from_lite0_with_se_passing_through(lite0_tensors):
+    backbone = efficientnetb0_backbone(None)
+    assert load_into_backbone(backbone, lite0_tensors) == 4 + 6 * len(block_names()) - 2
+    assert make_b0_se_pass_through(backbone) == len(block_names())
+    gate = backbone.get_layer("block3a_se_expand")
+    assert np.all(gate.get_weights()[0] == 0) and np.all(gate.get_weights()[1] > 10)
+    stem = backbone.get_layer("stem_conv").get_weights()[0]
+    assert np.array_equal(stem, lite0_tensors["_conv_stem.weight"].transpose(2, 3, 1, 0))
+
+
+def test_weights_errors_are_clear(tmp_path, lite0_tensors):
+    with pytest.raises(WeightsError, match="not found"):
+        build_backbone(TrainConfig(weights=str(tmp_path / "missing.npz")))
+    wrong = dict(lite0_tensors)
+    wrong["_conv_stem.weight"] = np.zeros((16, 3, 3, 3), np.float32)
+    np.savez(tmp_path / "wrong.npz", **wrong)
+    with pytest.raises(WeightsError, match="stem_conv"):
+        build_backbone(TrainConfig(weights=str(tmp_path / "wrong.npz")))
+    (tmp_path / "text.npz").write_text("not weights")
+    with pytest.raises(WeightsError, match="cannot read"):
+        build_backbone(TrainConfig(weights=str(tmp_path / "text.npz")))
+
+
+def test_training_inputs_equal_runtime_inputs(busi_root):
+    from train.data import dataset
+
+    rows = split_files("val")[:12]
+    images, labels = load_images(rows, busi_root)
+    batch, _ = next(iter(dataset(images, labels, batch_size=12, augment=False, seed=0)))
+    for row, trained_on in zip(rows, batch.numpy()):
+        served = to_model_input(decode_image(busi_root / row.file).image)
+        assert trained_on.dtype == np.float32
+        assert np.array_equal(trained_on, served.astype(np.float32)), row.file
+
+
+def test_augmentation_changes_images_but_keeps_range(busi_root):
+    from train.data import dataset
+
+    rows = split_files("train")[:8]
+    images, labels = load_images(rows, busi_root)
+    batch, _ = next(iter(dataset(images, labels, batch_size=8, augment=True, seed=1)))
+    batch = batch.numpy()
+    assert batch.min() >= 0 and batch.max() <= 255
+    assert not np.array_equal(np.sort(batch.reshape(8, -1), axis=1),
+                              np.sort(images.reshape(8, -1).astype(np.float32), axis=1))
+
+
+def test_a_seconds_long_fit_saves_a_working_model(busi_root, split_rows, tmp_path):
+    config = TrainConfig(head_epochs=1, finetune_epochs=1, limit=3, batch_size=4)
+    results = fit(config, split_rows, busi_root, tmp_path)
+    assert results["counts"] == {"train": 9, "val": 9, "test": 9}
+    assert 0.0 <= results["threshold"] <= 1.0
+    assert set(json.loads((tmp_path / "history.json").read_text())) == {"head", "finetune"}
+    model = keras.models.load_model(tmp_path / "model.keras")
+    probs = model.predict(load_images(split_files("test")[:2], busi_root)[0].astype("float32"),
+                          verbose=0)
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert isinstance(model.layers[1], keras.Model) and model.layers[1].name == "efficientnet_lite0"
+
+
+def test_classifier_head_is_the_seeds():
+    model = classifier(efficientnet_lite0_backbone(), dropout=0.3)
+    names = [layer.__class__.__name__ for layer in model.layers[2:]]
+    assert names == ["GlobalAveragePooling2D", "Dropout", "Dense"]
+    assert model.output_shape == (None, 3)
