@@ -1,9 +1,15 @@
-"""The one image preprocessing path: any image file -> 224x224x3 uint8 RGB model input.
+"""The one image preprocessing path: any image file -> 224x224x3 uint8 model input.
 
 Training, conversion, the runtime, the server and the benchmarks all call `preprocess_image`
 (or `decode_image` + `to_model_input`), so the pixels a model was trained on are the pixels it
 serves. Models take these values as float32 0..255 (or uint8 for the int8 model); any further
 scaling lives inside the model.
+
+The model sees luminance only (ITU-R 601 luma, repeated in the three channels). B-mode
+ultrasound is a grey-scale intensity image: colour in a scan is a display tint of the scanner
+or viewer, or a Doppler / annotation overlay, never tissue echo, and a model that could read
+it would learn the look of one hospital's screens. Grey images (R = G = B, as nearly all of
+BUSI) are unchanged by this: luma of (v, v, v) is exactly v.
 """
 
 from __future__ import annotations
@@ -116,13 +122,13 @@ def _decode(image: Image.Image) -> DecodedImage:
 
 
 def to_model_input(image: Image.Image) -> np.ndarray:
-    """Resize an RGB image to the model's square input: uint8 array of shape (224, 224, 3)."""
-    if image.mode != "RGB":
+    """An RGB (or L) image -> the model input: luma resized to 224x224, in 3 channels, uint8."""
+    if image.mode not in ("RGB", "L"):
         raise ImageError(f"expected an RGB image, got mode {image.mode}; call decode_image first")
-    resized = image.resize((INPUT_SIZE, INPUT_SIZE), RESAMPLE)
-    return np.asarray(resized, dtype=np.uint8)
+    luma = image.convert("L").resize((INPUT_SIZE, INPUT_SIZE), RESAMPLE)
+    return np.repeat(np.asarray(luma, dtype=np.uint8)[..., None], 3, axis=2)
 
 
 def preprocess_image(source: ImageSource) -> np.ndarray:
-    """Path, bytes, file object or PIL image -> the model input (224, 224, 3) uint8 RGB."""
+    """Path, bytes, file object or PIL image -> the model input (224, 224, 3) uint8."""
     return to_model_input(decode_image(source).image)

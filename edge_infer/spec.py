@@ -4,5 +4,5 @@ CLASS_NAMES: tuple[str, ...] = ("normal", "benign", "malignant")
 MALIGNANT_INDEX: int = CLASS_NAMES.index("malignant")
 INPUT_SIZE: int = 224
 INPUT_SHAPE: tuple[int, int, int] = (INPUT_SIZE, INPUT_SIZE, 3)
-PREPROCESSING_ID: str = "rgb8-exif-bilinear224-v1"
+PREPROCESSING_ID: str = "luma8-exif-bilinear224-v2"
 UNCERTAIN_MARGIN: float = 0.2

@@ -24,6 +24,27 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
+def luma_input(image: Image.Image) -> np.ndarray:
+    """The documented model input, written out: 601 luma, bilinear 224x224, in 3 channels."""
+    luma = image.convert("L").resize((224, 224), Image.Resampling.BILINEAR)
+    return np.repeat(np.asarray(luma)[..., None], 3, axis=2)
+
+
+def assert_grey_channels(out: np.ndarray) -> None:
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
+    np.testing.assert_array_equal(out[..., 1], out[..., 2])
+
+
+# Pillow's "L" (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B, rounded), checked by hand and Pillow
+LUMA = {
+    (255, 255, 255): 255,
+    (255, 0, 0): 76,  # 76.245
+    (0, 255, 0): 150,  # 149.685
+    (0, 0, 255): 29,  # 29.07
+    (0, 0, 0): 0,
+}
+
+
 def save(image: Image.Image, path: Path, **params) -> Path:
     image.save(path, **params)
     return path
@@ -87,12 +108,20 @@ def test_busi_shape_dtype_and_determinism(busi_samples: list[Path]) -> None:
 
 
 def test_busi_matches_plain_bilinear_resize(busi_samples: list[Path]) -> None:
-    """No cropping, padding or rescaling of values: exactly RGB + bilinear 224x224."""
+    """No cropping, padding or rescaling of values: exactly luma + bilinear 224x224, 3 times;
+    for grey files that is also exactly the old RGB + bilinear 224x224."""
+    grey_files = 0
     for path in busi_samples:
         with Image.open(path) as image:
-            rgb = image.convert("RGB")
-        expected = np.asarray(rgb.resize((224, 224), Image.Resampling.BILINEAR))
-        np.testing.assert_array_equal(preprocess_image(path), expected)
+            mode = image.mode
+            luma = image.convert("L").resize((224, 224), Image.Resampling.BILINEAR)
+            rgb = np.asarray(image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+        out = preprocess_image(path)
+        np.testing.assert_array_equal(out, np.repeat(np.asarray(luma)[..., None], 3, axis=2))
+        if mode == "L":
+            grey_files += 1
+            np.testing.assert_array_equal(out, rgb)
+    assert grey_files >= 3
 
 
 def test_busi_every_source_kind_gives_the_same_array(busi_samples: list[Path]) -> None:
@@ -122,6 +151,55 @@ def test_busi_grayscale_gives_equal_channels(busi_grey: Path) -> None:
     np.testing.assert_array_equal(out[..., 0], out[..., 1])
     np.testing.assert_array_equal(out[..., 1], out[..., 2])
     np.testing.assert_array_equal(out[..., 0], grey)
+
+
+@pytest.fixture(scope="module")
+def busi_colour(busi_root: Path) -> list[Path]:
+    """The BUSI files stored as RGB (16 of 780), most with a coloured overlay or tint."""
+    found = []
+    for rel, _ in list_busi_images(busi_root):
+        with Image.open(busi_root / rel) as image:
+            if image.mode == "RGB":
+                found.append(busi_root / rel)
+    if not found:
+        pytest.skip("no RGB BUSI file found")
+    return found
+
+
+def test_busi_colour_files_give_grey_model_input(busi_colour: list[Path]) -> None:
+    for path in busi_colour:
+        with Image.open(path) as image:
+            stored = pixels(image)
+            expected = luma_input(image)
+        assert (stored[..., 0] != stored[..., 2]).any(), f"{path.name} has no colour"
+        out = preprocess_image(path)
+        assert_grey_channels(out)
+        np.testing.assert_array_equal(out, expected)
+
+
+def tinted(grey: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
+    """A grey scan shown in a tint: every channel is grey * tint / 255."""
+    values = grey.astype(np.float64)[..., None] * np.array(colour) / 255.0
+    return Image.fromarray(np.rint(values).astype(np.uint8), mode="RGB")
+
+
+SEPIA, BLUISH = (255, 200, 120), (178, 213, 255)  # both luma 207.32 (to 2 decimals)
+
+
+def test_tint_does_not_change_the_model_input(busi_grey: Path) -> None:
+    with Image.open(busi_grey) as image:
+        grey = np.asarray(image)
+    sepia, bluish = tinted(grey, SEPIA), tinted(grey, BLUISH)
+    colour_gap = np.abs(pixels(sepia) - pixels(bluish)).mean(axis=(0, 1))
+    assert colour_gap[0] > 10 and colour_gap[2] > 10  # the two files really look different
+    a, b = preprocess_image(sepia), preprocess_image(bluish)
+    assert_grey_channels(a)
+    assert_grey_channels(b)
+    gap = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert gap.max() <= 1 and gap.mean() < 0.25  # only per-channel rounding of the tint
+    # and both are the grey scan dimmed to 207.32 / 255, to within that rounding
+    dimmed = preprocess_image(busi_grey).astype(np.float64) * (207.32 / 255.0)
+    assert np.abs(a - dimmed).max() < 2 and np.abs(b - dimmed).max() < 2
 
 
 # --- odd modes, built here ---------------------------------------------------------------
@@ -182,6 +260,11 @@ def test_cmyk(tmp_path: Path, fmt: str, tolerance: int) -> None:
     for (_, expected), (x, y) in zip(CMYK_QUADRANTS, [(0, 0), (8, 0), (0, 8), (8, 8)]):
         block = rgb[y + 2 : y + 6, x + 2 : x + 6]
         np.testing.assert_allclose(block, np.broadcast_to(expected, block.shape), atol=tolerance)
+    out = preprocess_image(path)
+    assert_grey_channels(out)
+    for (_, expected), (x, y) in zip(CMYK_QUADRANTS, [(0, 0), (112, 0), (0, 112), (112, 112)]):
+        block = out[y + 28 : y + 84, x + 28 : x + 84, 0]  # away from the blurred edges
+        np.testing.assert_allclose(block, LUMA[expected], atol=tolerance)
 
 
 PALETTE = [10, 20, 30, 200, 100, 50, 0, 255, 0]
@@ -216,6 +299,13 @@ def test_rgba_composites_on_black(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rgb[1], (0, 0, 0))  # transparent white becomes black
     np.testing.assert_allclose(rgb[2], (100, 50, 25), atol=1)  # half alpha: half the colour
     np.testing.assert_array_equal(rgb[3], (12, 34, 56))
+    blocks = image.resize((32, 8), Image.Resampling.NEAREST)  # each pixel an 8x8 block
+    out = preprocess_image(save(blocks, tmp_path / "rgba_blocks.png"))
+    assert_grey_channels(out)
+    # luma: red 76, black 0, (100, 50, 25) -> 62.1, (12, 34, 56) -> 29.9
+    for column, expected in enumerate((76, 0, 62, 30)):
+        centre = out[:, column * 56 + 12 : column * 56 + 44, 0]  # away from the blurred edges
+        np.testing.assert_allclose(centre, expected, atol=1)
 
 
 def test_la_composites_on_black(tmp_path: Path) -> None:
@@ -264,6 +354,20 @@ def red_corners(rgb: np.ndarray, k: int = 4) -> set[str]:
     return {name for name, colour in red.items() if colour[0] > 200}
 
 
+def bright_corners(luma: np.ndarray, k: int = 4) -> set[str]:
+    """In the model input the red mark is grey at red's luma, 76; the rest stays black."""
+    corners = {
+        "top-left": luma[:k, :k],
+        "top-right": luma[:k, -k:],
+        "bottom-left": luma[-k:, :k],
+        "bottom-right": luma[-k:, -k:],
+    }
+    means = {name: float(block.mean()) for name, block in corners.items()}
+    for value in means.values():
+        assert abs(value - LUMA[(255, 0, 0)]) <= 4 or value < 4
+    return {name for name, value in means.items() if value > 40}
+
+
 @pytest.mark.parametrize(
     ("orientation", "size", "corner"),
     [
@@ -282,7 +386,9 @@ def test_exif_orientation(tmp_path: Path, orientation: int, size: tuple, corner:
     decoded = decode_image(path).image
     assert decoded.size == size
     assert red_corners(pixels(decoded)) == {corner}
-    assert red_corners(pixels(Image.fromarray(preprocess_image(path)))) == {corner}
+    out = preprocess_image(path)
+    assert_grey_channels(out)
+    assert bright_corners(out[..., 0]) == {corner}
 
 
 def test_animated_gif_uses_first_frame_with_a_note(tmp_path: Path) -> None:
@@ -318,11 +424,44 @@ def test_to_model_input_stretches_without_cropping() -> None:
     assert out.shape == INPUT_SHAPE and out.dtype == np.uint8
     assert (out[:, :100] == 0).all() and (out[:, 124:] == 255).all()
     assert (out == out[:1]).all()  # every row alike: nothing cropped or padded vertically
+    assert_grey_channels(out)
 
 
-def test_to_model_input_wants_rgb() -> None:
-    with pytest.raises(ImageError, match="RGB"):
-        to_model_input(Image.new("L", (INPUT_SIZE, INPUT_SIZE)))
+def test_to_model_input_is_luma_of_colours() -> None:
+    colours = list(LUMA)
+    image = Image.new("RGB", (8 * len(colours), 8))
+    for index, colour in enumerate(colours):
+        image.paste(colour, (8 * index, 0, 8 * index + 8, 8))
+    out = to_model_input(image)
+    assert out.shape == INPUT_SHAPE and out.dtype == np.uint8
+    assert_grey_channels(out)
+    np.testing.assert_array_equal(out, luma_input(image))
+    width = INPUT_SIZE // len(colours)
+    for index, colour in enumerate(colours):
+        stripe = out[:, index * width + 8 : (index + 1) * width - 8, 0]  # away from the edges
+        assert (stripe == LUMA[colour]).all(), (colour, np.unique(stripe))
+
+
+def test_grey_is_unchanged_by_the_luma_step() -> None:
+    values = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    grey = Image.fromarray(values, mode="L")
+    np.testing.assert_array_equal(np.asarray(grey.convert("RGB").convert("L")), values)
+    from_l, from_rgb = to_model_input(grey), to_model_input(grey.convert("RGB"))
+    np.testing.assert_array_equal(from_l, from_rgb)
+    plain = np.asarray(grey.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(from_l, plain)  # same as the old RGB path for grey input
+
+
+def test_to_model_input_takes_rgb_or_l() -> None:
+    for mode in ("RGB", "L"):
+        out = to_model_input(Image.new(mode, (INPUT_SIZE, INPUT_SIZE)))
+        assert out.shape == INPUT_SHAPE and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "CMYK", "LA", "P", "1", "I;16", "I", "F", "YCbCr"])
+def test_to_model_input_refuses_other_modes(mode: str) -> None:
+    with pytest.raises(ImageError, match=f"got mode {mode};.*decode_image"):
+        to_model_input(Image.new(mode, (INPUT_SIZE, INPUT_SIZE)))
 
 
 # --- files we open are closed; files and images the caller owns are not -----------------
