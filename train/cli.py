@@ -34,6 +34,8 @@ DEFAULTS = TrainConfig()
 @click.option("--dropout", default=DEFAULTS.dropout, show_default=True)
 @click.option("--patience", default=DEFAULTS.patience, show_default=True,
               help="Early-stopping patience (epochs without a lower validation loss).")
+@click.option("--class-weight-power", default=DEFAULTS.class_weight_power, show_default=True,
+              help="Class weights (n / (k n_c)) ** P: 1 fully balanced, 0.5 milder, 0 none.")
 @click.option("--unfreeze-from", default=DEFAULTS.unfreeze_from,
               help="Fine-tune only from this backbone layer up (e.g. block4a); default: all.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True)
@@ -44,7 +46,8 @@ DEFAULTS = TrainConfig()
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Use at most N images per class in each part (smoke runs).")
 def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs, head_lr,
-         finetune_lr, batch_size, dropout, patience, unfreeze_from, seed, fold, cv, limit) -> None:
+         finetune_lr, batch_size, dropout, patience, class_weight_power, unfreeze_from, seed,
+         fold, cv, limit) -> None:
     from train.recipe import cross_validate, fit
 
     if cv and fold is not None:
@@ -52,7 +55,8 @@ def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs,
     config = TrainConfig(arch=arch, weights=weights, head_epochs=head_epochs,
                          finetune_epochs=finetune_epochs, head_lr=head_lr,
                          finetune_lr=finetune_lr, batch_size=batch_size, dropout=dropout,
-                         patience=patience, unfreeze_from=unfreeze_from, seed=seed, fold=fold,
+                         patience=patience, class_weight_power=class_weight_power,
+                         unfreeze_from=unfreeze_from, seed=seed, fold=fold,
                          limit=limit)
     try:
         rows, root = read_split(split_file), resolve_busi_dir(busi_dir)

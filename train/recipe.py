@@ -51,6 +51,7 @@ class TrainConfig:
     batch_size: int = 16
     dropout: float = 0.3
     patience: int = 8
+    class_weight_power: float = 1.0
     unfreeze_from: str | None = None
     seed: int = 0
     fold: int | None = None
@@ -121,11 +122,14 @@ def select_rows(rows: list[SplitRow], config: TrainConfig) -> dict[str, list[Spl
     return parts
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Balanced class weights n / (k * n_c), so every class counts the same in the loss."""
+def class_weights(labels: np.ndarray, power: float = 1.0) -> dict[int, float]:
+    """(n / (k * n_c)) ** power: 1 balances the classes fully, 0.5 halfway (in log terms), 0 not
+    at all; normalised so the average weight per image stays 1."""
     counts = np.bincount(labels, minlength=len(CLASS_NAMES)).astype(float)
-    return {i: float(labels.size / (len(CLASS_NAMES) * c)) if c else 0.0
-            for i, c in enumerate(counts)}
+    raw = np.where(counts > 0, (labels.size / (len(CLASS_NAMES) * np.maximum(counts, 1))) ** power,
+                   0.0)
+    raw *= labels.size / float((raw * counts).sum())
+    return {i: float(w) for i, w in enumerate(raw)}
 
 
 def set_finetunable(backbone: keras.Model, unfreeze_from: str | None) -> None:
@@ -159,7 +163,7 @@ def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Pat
     x_train, y_train = arrays["train"]
     train_data = dataset(x_train, y_train, config.batch_size, augment=True, seed=config.seed)
     val_data = dataset(*arrays["val"], config.batch_size, augment=False, seed=config.seed)
-    weights = class_weights(y_train)
+    weights = class_weights(y_train, config.class_weight_power)
 
     backbone, initialisation = build_backbone(config)
     pretrained = initialisation != "random"
