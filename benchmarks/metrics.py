@@ -5,6 +5,8 @@ Training, conversion, benchmarks and `edge-infer evaluate` all report through th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
@@ -18,6 +20,9 @@ from sklearn.metrics import (
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
 
 TARGET_MALIGNANT_RECALL = 0.95
+CALIBRATION_BINS = 10
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 
 def malignant_recall_specificity(y_true: np.ndarray, malignant_called: np.ndarray) -> tuple:
@@ -27,6 +32,15 @@ def malignant_recall_specificity(y_true: np.ndarray, malignant_called: np.ndarra
     recall = float(called[positive].mean()) if positive.any() else float("nan")
     specificity = float((~called[~positive]).mean()) if (~positive).any() else float("nan")
     return recall, specificity
+
+
+def malignant_called(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Which images are called malignant: argmax, or prob_malignant >= threshold if given."""
+    probs = np.asarray(probs, dtype=np.float64)
+    called = probs.argmax(axis=1) == MALIGNANT_INDEX
+    if threshold is not None:
+        called |= probs[:, MALIGNANT_INDEX] >= threshold
+    return called
 
 
 def choose_threshold(
@@ -72,8 +86,7 @@ def classification_metrics(
     result["malignant_recall_argmax"] = recall_argmax
     result["malignant_specificity_argmax"] = spec_argmax
     if threshold is not None:
-        called = (y_pred == MALIGNANT_INDEX) | (probs[:, MALIGNANT_INDEX] >= threshold)
-        recall_t, spec_t = malignant_recall_specificity(y_true, called)
+        recall_t, spec_t = malignant_recall_specificity(y_true, malignant_called(probs, threshold))
         result.update(threshold=float(threshold), malignant_recall_at_threshold=recall_t,
                       malignant_specificity_at_threshold=spec_t)
     if len(np.unique(y_true)) == len(CLASS_NAMES):
@@ -87,3 +100,72 @@ def classification_metrics(
             roc_auc_score(y_true[lesion] == MALIGNANT_INDEX, probs[lesion, MALIGNANT_INDEX])
         )
     return result
+
+
+def reliability_bins(y_true: np.ndarray, probs: np.ndarray,
+                     n_bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Top-label reliability: per equal-width confidence bin [k/M, (k+1)/M) (the last closed),
+    its image count, mean confidence and accuracy (None for an empty bin)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)  # dequantized int8 sums to 1 only roughly
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    index = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    bins = []
+    for k in range(n_bins):
+        members = index == k
+        count = int(members.sum())
+        bins.append({
+            "lower": k / n_bins, "upper": (k + 1) / n_bins, "n": count,
+            "confidence": float(confidence[members].mean()) if count else None,
+            "accuracy": float(correct[members].mean()) if count else None,
+        })
+    return bins
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray,
+                               n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE: the count-weighted mean |accuracy - confidence| over the reliability bins."""
+    bins = reliability_bins(y_true, probs, n_bins)
+    total = sum(b["n"] for b in bins)
+    return float(sum(b["n"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["n"])
+                 / total)
+
+
+def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int,
+                       n_resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+    """Percentile bootstrap interval of statistic(indices) over n items resampled with
+    replacement (seeded, so reproducible); resamples where it is NaN are ignored."""
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_resamples)],
+                      dtype=np.float64)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.nanpercentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def headline_statistics(y_true: np.ndarray, probs: np.ndarray,
+                        threshold: float | None) -> dict[str, Callable[[np.ndarray], float]]:
+    """Accuracy, macro-F1 and malignant recall (at the threshold) as functions of a resample's
+    indices, for `bootstrap_interval`; the full index set gives classification_metrics' values."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(probs).argmax(axis=1)
+    called = malignant_called(probs, threshold)
+    labels = list(range(len(CLASS_NAMES)))
+    return {
+        "accuracy": lambda idx: float(accuracy_score(y_true[idx], y_pred[idx])),
+        "macro_f1": lambda idx: float(f1_score(y_true[idx], y_pred[idx], labels=labels,
+                                               average="macro", zero_division=0)),
+        "malignant_recall": lambda idx: malignant_recall_specificity(y_true[idx],
+                                                                     called[idx])[0],
+    }
+
+
+def bootstrap_headline(y_true: np.ndarray, probs: np.ndarray, threshold: float | None,
+                       n_resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> dict[str, list[float]]:
+    """95 % bootstrap intervals [low, high] of accuracy, macro-F1 and malignant recall."""
+    n = len(y_true)
+    return {name: list(bootstrap_interval(statistic, n, n_resamples, seed=seed))
+            for name, statistic in headline_statistics(y_true, probs, threshold).items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 
@@ -44,6 +45,7 @@ def main() -> None:
     \b
       edge-infer IMAGE [IMAGE|DIR ...]   classify (the default command)
       edge-infer info                    the shipped models and their validated figures
+      edge-infer serve                   the web app and JSON API (pip install ".[serve]")
 
     A research tool, not a diagnosis. Run `edge-infer classify --help` for every option.
     """
@@ -56,6 +58,14 @@ def load_classifier(model: str, threads: int) -> Classifier:
     except (ModelError, InterpreterMissing, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_MODEL)
+
+
+def _finite_threshold(ctx: click.Context, param: click.Parameter,
+                      value: float | None) -> float | None:
+    """Refuse 'nan', which click's FloatRange lets through (NaN fails no comparison)."""
+    if value is not None and math.isnan(value):
+        raise click.BadParameter("nan is not a threshold; give a number in [0, 1]")
+    return value
 
 
 def _table_row(name: str, result: dict) -> str:
@@ -81,6 +91,7 @@ def _csv_row(name: str, result: dict) -> list:
               help="argmax (default), or high-sensitivity: call malignant whenever "
                    "prob_malignant >= threshold.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              callback=_finite_threshold,
               help="High-sensitivity threshold (implies that mode); default: the model's "
                    "threshold validated for malignant recall >= 0.95.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (JSON lines).")
@@ -159,3 +170,46 @@ def info(as_json: bool) -> None:
         click.echo(f"{key:<28} {entry['bytes'] / 1e6:6.1f} {entry['threshold']:6.3f} "
                    f"{figures.get('accuracy', float('nan')):8.3f} "
                    f"{'' if agreement is None else f'{agreement:6.3f}':>6}  {entry['file']}")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. The app has no authentication: keep it on loopback "
+                   "unless the network is trusted.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--model", "model_name", default="int8", show_default=True,
+              help="As for classify: int8 | float16 | float32, a manifest key or a model file.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="Interpreter threads per worker.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Classifiers answering requests in parallel (one interpreter each).")
+@click.option("--max-upload-mb", type=click.IntRange(1, 1024), default=10, show_default=True,
+              help="Largest accepted upload in MiB; larger ones get 413.")
+def serve(host: str, port: int, model_name: str, threads: int, workers: int,
+          max_upload_mb: int) -> None:
+    """Serve the upload page and the JSON API (POST /predict, /docs) with uvicorn.
+
+    Exits 1 when the [serve] extra is not installed or the model cannot be loaded.
+    """
+    try:
+        import python_multipart  # noqa: F401  (FastAPI parses uploads with it)
+        import uvicorn
+
+        from edge_infer.server import create_app
+    except ImportError as err:
+        click.echo(f"error: the web app needs fastapi, uvicorn and python-multipart "
+                   f"({err.name} is missing): pip install \".[serve]\"", err=True)
+        sys.exit(EXIT_MODEL)
+    try:
+        app = create_app(model_name, threads=threads, workers=workers,
+                         max_upload_bytes=max_upload_mb * 2**20)
+    except (ModelError, InterpreterMissing, ValueError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(EXIT_MODEL)
+    if host not in LOOPBACK_HOSTS:
+        click.echo(f"note: listening on {host}: anyone who can reach it can use it "
+                   "(no authentication)", err=True)
+    uvicorn.run(app, host=host, port=port)

@@ -15,6 +15,7 @@ from edge_infer.preprocess import preprocess_image
 from edge_infer.spec import CLASS_NAMES
 
 BUSI_ENV = "BUSI_DIR"
+MODELS_ENV = "EDGE_INFER_MODELS"
 BUSI_DEFAULT = Path("..") / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
 SPLIT_FILENAME = "busi_split.csv"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -33,8 +34,10 @@ class SplitRow:
 
 
 def models_dir() -> Path:
-    """The folder holding the shipped models and manifest: installed as `edge_infer.models`,
-    or the project's `models/` when running from a source tree."""
+    """The folder holding the models and manifest: $EDGE_INFER_MODELS if set, else the shipped
+    one (installed as `edge_infer.models`, or the project's `models/` in a source tree)."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV])
     try:
         return Path(str(resources.files("edge_infer.models")))
     except ModuleNotFoundError:

@@ -56,7 +56,13 @@ def read_manifest(path: str | os.PathLike | None = None) -> dict:
     path = Path(path) if path else manifest_path()
     if not path.is_file():
         raise ModelError(f"model manifest not found: {path}")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelError(f"model manifest {path} is not valid JSON: {err}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
+        raise ModelError(f"model manifest {path} has no 'models' table")
+    return manifest
 
 
 def _entry(manifest: dict, key: str, folder: Path) -> ModelEntry:

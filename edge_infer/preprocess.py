@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import BinaryIO, Union
@@ -30,10 +31,17 @@ ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 MAX_PIXELS: int = 40_000_000
 RESAMPLE = Image.Resampling.BILINEAR
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+# What Pillow's plugins raise on damaged data while seeking frames, loading or reading EXIF.
+DAMAGED_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError,
+                        KeyError, struct.error)
 
 
 class ImageError(ValueError):
     """An input that cannot be turned into a model input; the message says why in one line."""
+
+
+class NotAnImage(ImageError):
+    """Bytes no Pillow decoder recognises: a text file, an unsupported format."""
 
 
 @dataclass
@@ -63,9 +71,11 @@ def _open(source: ImageSource) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(source)
     except UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read") from None
+        raise NotAnImage("not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("image too large (decompression-bomb guard)") from None
+    except OSError as err:  # unreadable file, or a decoder that gives up on a damaged header
+        raise ImageError(f"cannot read image: {err.strerror or err}") from None
 
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
@@ -109,15 +119,16 @@ def _decode(image: Image.Image) -> DecodedImage:
         raise ImageError(f"image too large: {width}x{height} pixels (limit {MAX_PIXELS:,})")
     if width < 1 or height < 1:
         raise ImageError(f"image has no pixels: {width}x{height}")
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1:
-        image.seek(0)
-        notes.append(f"multi-frame image ({frames} frames): used the first frame")
-    try:
+    try:  # counting frames reads every frame header: a damaged one fails here, not in load()
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            image.seek(0)
         image.load()
         image = ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"corrupt or truncated image: {err}") from None
+    except DAMAGED_IMAGE_ERRORS as err:
+        raise ImageError(f"corrupt or truncated image: {str(err) or type(err).__name__}") from None
+    if frames > 1:
+        notes.append(f"multi-frame image ({frames} frames): used the first frame")
     return DecodedImage(_to_rgb(image), notes)
 
 

@@ -1,0 +1,83 @@
+"""The web API's response models: the schema `/docs` shows, the same as `edge-infer --json`."""
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from edge_infer.decision import Mode
+from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
+
+ClassName = Literal[CLASS_NAMES]  # type: ignore[valid-type]  # normal | benign | malignant
+
+Probabilities = create_model(
+    "Probabilities",
+    __doc__="Class probabilities in the model's class order; they sum to 1.",
+    **{name: (float, Field(ge=0.0, le=1.0)) for name in CLASS_NAMES},
+)
+
+
+class RankedClass(BaseModel):
+    """One of the two most probable classes."""
+
+    label: ClassName
+    prob: float
+
+
+class ModelInfo(BaseModel):
+    """Which model answered."""
+
+    key: str = Field(description="Manifest key, e.g. efficientnet-lite0/int8.")
+    variant: str
+    sha256: str
+
+
+class Prediction(BaseModel):
+    """One classified upload (the schema of `edge-infer --json`)."""
+
+    file: str = Field(description="The uploaded file's name.")
+    prediction: ClassName = Field(description="The label to report (malignant when forced).")
+    argmax_prediction: ClassName = Field(description="The most probable class.")
+    forced_malignant: bool = Field(
+        description="High-sensitivity mode called the image malignant because prob_malignant "
+                    ">= threshold, although another class was more probable.")
+    mode: Mode
+    threshold: Optional[float] = Field(
+        description="The high-sensitivity threshold applied; null in argmax mode.")
+    probs: Probabilities  # type: ignore[valid-type]
+    prob_malignant: float
+    top2: list[RankedClass]
+    margin: float = Field(description="Top probability minus the second.")
+    uncertain: bool = Field(
+        description=f"margin < {UNCERTAIN_MARGIN}: the model barely prefers its answer.")
+    model: ModelInfo
+
+
+class ManifestEntry(BaseModel):
+    """The served model's manifest entry (figures such as `verification` passed through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    key: str
+    format: str
+    arch: str
+    variant: str
+    file: str
+    sha256: str
+    bytes: int
+    threshold: float = Field(description="The validated high-sensitivity threshold.")
+    preprocessing: str
+
+
+class Health(BaseModel):
+    """The server is up and which model it serves."""
+
+    status: Literal["ok"]
+    model: str
+    workers: int = Field(description="Classifiers serving requests in parallel.")
+    max_upload_bytes: int
+
+
+class ErrorMessage(BaseModel):
+    """Why a request was refused."""
+
+    detail: str

@@ -1,0 +1,44 @@
+"""A fixed pool of Classifiers for concurrent callers: a TFLite interpreter is not thread-safe,
+so each call borrows one Classifier and no two calls ever share one."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from edge_infer.classifier import Classifier
+from edge_infer.decision import Decision, Mode
+from edge_infer.manifest import ModelEntry
+from edge_infer.preprocess import ImageSource, decode_image, to_model_input
+
+
+class ClassifierPool:
+    """`size` Classifiers of one model; `classify` blocks until one is free."""
+
+    def __init__(self, model: str = "int8", threads: int = 1, size: int = 2) -> None:
+        if size < 1:
+            raise ValueError(f"pool size must be at least 1, got {size}")
+        classifiers = [Classifier(model, threads=threads) for _ in range(size)]
+        self.size = size
+        self.entry: ModelEntry = classifiers[0].entry
+        self.model_info = classifiers[0].model_info()
+        self._idle: queue.Queue[Classifier] = queue.Queue()
+        for classifier in classifiers:
+            self._idle.put(classifier)
+
+    @contextmanager
+    def borrow(self) -> Iterator[Classifier]:
+        """A Classifier for this caller alone, returned to the pool afterwards."""
+        classifier = self._idle.get()
+        try:
+            yield classifier
+        finally:
+            self._idle.put(classifier)
+
+    def classify(self, source: ImageSource, mode: Mode = "argmax",
+                 threshold: float | None = None) -> Decision:
+        """Decode and preprocess (no interpreter needed), then classify on a free Classifier."""
+        image = to_model_input(decode_image(source).image)
+        with self.borrow() as classifier:
+            return classifier.classify_array(image, mode, threshold)

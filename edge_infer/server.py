@@ -1,0 +1,94 @@
+"""The web app: an upload page and a JSON API over a pool of edge classifiers.
+
+Results use the CLI's code path and schema (decode_image -> to_model_input ->
+Classifier.classify_array -> decide) and inference runs in worker threads, so the event loop
+is never blocked and no two requests share an interpreter. `edge-infer serve` runs it.
+"""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from edge_infer.api_models import ErrorMessage, Health, ManifestEntry, Prediction
+from edge_infer.body_limit import TOO_LARGE, BodySizeLimit
+from edge_infer.decision import Mode
+from edge_infer.pool import ClassifierPool
+from edge_infer.preprocess import ImageError, NotAnImage
+
+STATIC_DIR = Path(__file__).with_name("static")
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers, mode and threshold
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:"}
+UNSUPPORTED, UNPROCESSABLE = 415, 422
+DESCRIPTION = ("Classify a breast-ultrasound image as normal / benign / malignant. "
+               "**A research tool, not a diagnosis**: not validated for clinical use.")
+
+
+def human_size(size: int) -> str:
+    """Bytes as '10 MiB', '64 KiB' or '900 bytes'."""
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
+
+
+def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> FastAPI:
+    """The app serving one model from `workers` Classifiers of `threads` interpreter threads."""
+    pool = ClassifierPool(model, threads=threads, size=workers)
+    too_large = f"upload too large: the limit is {human_size(max_upload_bytes)}"
+    app = FastAPI(title="busi-edge", description=DESCRIPTION)
+    app.state.pool = pool
+    app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES,
+                       message=too_large)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> dict:
+        """The server is up; which model it serves and its limits."""
+        return {"status": "ok", "model": pool.entry.key, "workers": pool.size,
+                "max_upload_bytes": max_upload_bytes}
+
+    @app.get("/model", response_model=ManifestEntry)
+    def model_entry() -> dict:
+        """The served model's manifest entry."""
+        return {"key": pool.entry.key, **pool.entry.info}
+
+    @app.post("/predict", response_model=Prediction, responses={
+        TOO_LARGE: {"model": ErrorMessage, "description": "Upload over the size limit."},
+        UNSUPPORTED: {"model": ErrorMessage, "description": "Not an image Pillow can read."},
+    })
+    async def predict(
+        file: Annotated[UploadFile, File(description="The image (PNG, JPEG, TIFF, ...).")],
+        mode: Annotated[Optional[Mode], Form(
+            description="argmax (default), or high-sensitivity: malignant whenever "
+                        "prob_malignant >= threshold.")] = None,
+        threshold: Annotated[Optional[float], Form(
+            ge=0.0, le=1.0, allow_inf_nan=False,
+            description="High-sensitivity threshold (implies that mode); default: the "
+                        "model's validated threshold.")] = None,
+    ) -> dict:
+        """Classify one image. 422: an empty, corrupt or truncated image, or a bad field."""
+        if mode == "argmax" and threshold is not None:
+            raise HTTPException(UNPROCESSABLE, "threshold applies to mode high-sensitivity only")
+        data = await file.read()
+        if len(data) > max_upload_bytes:
+            raise HTTPException(TOO_LARGE, too_large)
+        mode = mode or ("high-sensitivity" if threshold is not None else "argmax")
+        try:
+            decision = await run_in_threadpool(pool.classify, data, mode, threshold)
+        except NotAnImage as err:
+            raise HTTPException(UNSUPPORTED, str(err)) from None
+        except ImageError as err:
+            raise HTTPException(UNPROCESSABLE, str(err)) from None
+        return {"file": file.filename or "", **decision.to_dict(), "model": pool.model_info}
+
+    return app

@@ -1,0 +1,175 @@
+"use strict";
+// Upload page for busi-edge: posts the image to /predict and shows the JSON result.
+
+const $ = (id) => document.getElementById(id);
+const form = $("form");
+const fileInput = $("file");
+const threshold = $("threshold");
+let maxUploadBytes = null;
+let previewUrl = null;
+let latest = 0; // only the newest request's answer is shown
+
+const percent = (p) => `${(100 * p).toFixed(1)}%`;
+const points = (p) => `${(100 * p).toFixed(1)} points`;
+const capitalized = (text) => text.charAt(0).toUpperCase() + text.slice(1);
+
+function humanSize(bytes) {
+  if (bytes >= 1 << 20) return `${+(bytes / (1 << 20)).toPrecision(3)} MiB`;
+  if (bytes >= 1 << 10) return `${+(bytes / (1 << 10)).toPrecision(3)} KiB`;
+  return `${bytes} bytes`;
+}
+
+function selectedMode() {
+  return form.querySelector('input[name="mode"]:checked').value;
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+  $("result").hidden = true;
+}
+
+function errorText(body, status) {
+  // FastAPI answers {"detail": "..."} or, for invalid fields, {"detail": [{loc, msg}, ...]}.
+  const detail = body && body.detail;
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail.map((d) => `${(d.loc || []).slice(-1)[0]}: ${d.msg}`).join("; ");
+  }
+  return `the server answered ${status}`;
+}
+
+function renderBars(result) {
+  const bars = $("bars");
+  bars.replaceChildren();
+  for (const [name, prob] of Object.entries(result.probs)) {
+    const row = document.createElement("div");
+    row.className = name === result.argmax_prediction ? "bar-row top" : "bar-row";
+    const label = document.createElement("span");
+    label.className = "name";
+    label.textContent = name;
+    const track = document.createElement("div");
+    track.className = "bar-track";
+    const fill = document.createElement("div");
+    fill.className = `bar-fill ${name}`;
+    fill.style.width = percent(prob);
+    track.append(fill);
+    const value = document.createElement("span");
+    value.className = "value";
+    value.textContent = percent(prob);
+    row.append(label, track, value);
+    bars.append(row);
+  }
+}
+
+function forcedSentence(r) {
+  if (r.forced_malignant) {
+    return `The malignant probability (${percent(r.prob_malignant)}) reached the ` +
+      `high-sensitivity threshold (${percent(r.threshold)}), so the image is labelled ` +
+      `malignant although ${r.argmax_prediction} was more probable.`;
+  }
+  if (r.mode === "argmax") {
+    return "Not forced: in this mode the label is always the most probable class.";
+  }
+  return "Not forced: the label is the most probable class. High-sensitivity mode " +
+    `overrides it only when the malignant probability reaches ${percent(r.threshold)}.`;
+}
+
+function uncertainSentence(r) {
+  const [first, second] = r.top2;
+  if (r.uncertain) {
+    return `${capitalized(first.label)} leads ${second.label} by only ${points(r.margin)}: ` +
+      "the model barely prefers its answer, so treat this image as undecided.";
+  }
+  return `${capitalized(first.label)} leads ${second.label} by ${points(r.margin)}: the ` +
+    "model clearly prefers its answer, though it can still be wrong.";
+}
+
+function setBadge(id, on) {
+  $(id).textContent = on ? "yes" : "no";
+  $(id).className = on ? "badge yes" : "badge";
+}
+
+function render(result) {
+  $("error").hidden = true;
+  $("prediction").textContent = result.prediction;
+  $("prediction").className = `prediction ${result.prediction}`;
+  renderBars(result);
+  setBadge("forced", result.forced_malignant);
+  $("forced-text").textContent = forcedSentence(result);
+  setBadge("uncertain", result.uncertain);
+  $("uncertain-text").textContent = uncertainSentence(result);
+  const mode = result.mode === "argmax" ? "argmax" :
+    `high-sensitivity, threshold ${result.threshold.toFixed(3)}`;
+  $("meta").textContent = `${result.file} · ${mode} · model ${result.model.key} ` +
+    `(sha256 ${result.model.sha256.slice(0, 12)}…)`;
+  $("result").dataset.file = result.file;
+  $("result").hidden = false;
+}
+
+async function classify() {
+  const file = fileInput.files[0];
+  if (!file) return;
+  if (maxUploadBytes !== null && file.size > maxUploadBytes) {
+    showError(`${file.name} is ${humanSize(file.size)}; the limit is ${humanSize(maxUploadBytes)}.`);
+    return;
+  }
+  const body = new FormData();
+  body.append("file", file);
+  body.append("mode", selectedMode());
+  if (selectedMode() === "high-sensitivity" && threshold.value !== "") {
+    body.append("threshold", threshold.value);
+  }
+  const ticket = ++latest;
+  const button = form.querySelector("button");
+  button.textContent = "Classifying…";
+  try {
+    const response = await fetch("/predict", { method: "POST", body });
+    const json = await response.json().catch(() => null);
+    if (ticket !== latest) return;
+    if (!response.ok) {
+      showError(`Could not classify ${file.name}: ${errorText(json, response.status)}`);
+    } else {
+      render(json);
+    }
+  } catch (err) {
+    if (ticket === latest) showError(`Could not reach the server: ${err.message}`);
+  } finally {
+    if (ticket === latest) button.textContent = "Classify";
+  }
+}
+
+fileInput.addEventListener("change", () => {
+  const file = fileInput.files[0];
+  if (!file) return;
+  $("file-name").textContent = file.name;
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(file);
+  $("preview").src = previewUrl;
+  classify();
+});
+
+form.addEventListener("change", (event) => {
+  if (event.target.name === "mode") {
+    threshold.disabled = selectedMode() !== "high-sensitivity";
+    classify();
+  } else if (event.target === threshold) {
+    classify();
+  }
+});
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  classify();
+});
+
+fetch("/healthz").then((r) => r.json()).then((health) => {
+  maxUploadBytes = health.max_upload_bytes;
+  $("limits").textContent = `Images up to ${humanSize(maxUploadBytes)} ` +
+    "(PNG, JPEG, BMP, TIFF, WebP, GIF). Model: " + health.model + ".";
+}).catch(() => {});
+
+fetch("/model").then((r) => r.json()).then((model) => {
+  threshold.placeholder = model.threshold.toFixed(2);
+  threshold.title = `Default ${model.threshold.toFixed(3)}: ${model.threshold_rule || ""}`;
+}).catch(() => {});

@@ -1,0 +1,751 @@
+"""`edge-infer` end to end: the CLI against the Python API, its output formats, exit codes and
+awkward inputs. Model-agnostic: it runs against whatever models are shipped."""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import sysconfig
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from edge_infer import manifest as manifest_module
+from edge_infer.classifier import Classifier
+from edge_infer.cli import PROGRESS_MIN_IMAGES, main
+from edge_infer.datasets import split_files
+from edge_infer.decision import decide
+from edge_infer.manifest import MANIFEST_FILENAME, ModelError, read_manifest, resolve_model
+from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
+
+DECISION_KEYS = ("prediction", "argmax_prediction", "forced_malignant", "mode", "threshold",
+                 "probs", "prob_malignant", "top2", "margin", "uncertain")
+RESULT_KEYS = {*DECISION_KEYS, "file", "model"}
+MODEL_KEYS = {"key", "variant", "sha256"}
+CSV_HEADER = ["file", "prediction", "argmax_prediction", "prob_normal", "prob_benign",
+              "prob_malignant", "forced_malignant", "uncertain", "threshold", "margin"]
+PROB_TOLERANCE = 1e-6
+IMAGES_PER_CLASS = {"normal": 3, "benign": 4, "malignant": 3}
+ORIENTATION_TAG = 0x0112
+HEAVY_MODULES = ("tensorflow", "keras", "tf_keras")
+SUBPROCESS_TIMEOUT = 300
+
+pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+
+BadInputMaker = Callable[[Path, Path], Path]  # (folder, a BUSI scan) -> the bad input
+ImageBuilder = Callable[[Image.Image, Path], Path]  # (grey scan, folder) -> the image file
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def run(*args: object) -> Result:
+    """`edge-infer ARGS` in-process (stdout and stderr kept apart)."""
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+def assert_exit(result: Result, code: int) -> None:
+    """The command exited with `code` on purpose: no exception escaped."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == code, f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def json_lines(stdout: str) -> list[dict]:
+    """Every stdout line parsed as JSON (so stdout holds nothing else)."""
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_one_error(stderr: str, *fragments: str) -> None:
+    """Exactly one `error:` line, mentioning every fragment."""
+    errors = error_lines(stderr)
+    assert len(errors) == 1, stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def assert_consistent(result: dict) -> None:
+    """A result follows the documented schema and the decision rule for its own probabilities."""
+    assert set(result) == RESULT_KEYS
+    assert set(result["model"]) == MODEL_KEYS
+    probs = result["probs"]
+    assert list(probs) == list(CLASS_NAMES)
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    assert sum(probs.values()) == pytest.approx(1.0, abs=0.05)
+    values = [probs[c] for c in CLASS_NAMES]
+    ranked = sorted(range(len(values)), key=lambda i: (values[i], i), reverse=True)
+    assert result["argmax_prediction"] == CLASS_NAMES[ranked[0]]
+    assert result["prob_malignant"] == probs["malignant"]
+    assert result["top2"] == [{"label": CLASS_NAMES[i], "prob": values[i]} for i in ranked[:2]]
+    assert result["margin"] == pytest.approx(values[ranked[0]] - values[ranked[1]], abs=1e-12)
+    assert result["uncertain"] == (result["margin"] < UNCERTAIN_MARGIN)
+    threshold = result["threshold"]
+    assert (threshold is None) == (result["mode"] == "argmax")
+    forced = (threshold is not None and result["prob_malignant"] >= threshold
+              and result["argmax_prediction"] != "malignant")
+    assert result["forced_malignant"] == forced
+    assert result["prediction"] == ("malignant" if forced else result["argmax_prediction"])
+    expected = decide(values, result["mode"], threshold).to_dict()
+    assert {key: result[key] for key in DECISION_KEYS} == expected
+
+
+def assert_matches_api(result: dict, api: dict) -> None:
+    """The CLI's decision equals the Python API's: labels and flags exactly, numbers to 1e-6."""
+    for key in ("prediction", "argmax_prediction", "forced_malignant", "mode", "threshold",
+                "uncertain"):
+        assert result[key] == api[key], key
+    for name in CLASS_NAMES:
+        assert result["probs"][name] == pytest.approx(api["probs"][name], abs=PROB_TOLERANCE)
+    assert result["prob_malignant"] == pytest.approx(api["prob_malignant"], abs=PROB_TOLERANCE)
+    assert [t["label"] for t in result["top2"]] == [t["label"] for t in api["top2"]]
+    assert result["margin"] == pytest.approx(api["margin"], abs=2 * PROB_TOLERANCE)
+
+
+def model_key(manifest: dict, variant: str) -> str:
+    return f"{manifest['default_arch']}/{variant}"
+
+
+def flip_a_byte(path: Path) -> None:
+    """Damage a file in the middle, keeping its size."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature + IHDR + IEND: claims a size without carrying any pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def console_script() -> Path:
+    """The installed `edge-infer` of this interpreter's environment."""
+    installed = Path(sysconfig.get_path("scripts")) / "edge-infer"
+    found = installed if installed.is_file() else shutil.which("edge-infer")
+    if not found:
+        pytest.fail("the edge-infer console script is not installed (pip install .)")
+    return Path(found)
+
+
+def run_script(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The installed console script in a subprocess (inherits the environment)."""
+    return subprocess.run([str(console_script()), *(str(arg) for arg in args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+
+
+def run_python(code: str, *args: object) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGS` in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-c", code, *(str(arg) for arg in args)],
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict:
+    try:
+        return read_manifest()
+    except ModelError as err:
+        pytest.skip(f"no models shipped: {err}")
+
+
+@pytest.fixture(scope="session")
+def classifier(manifest: dict) -> Classifier:
+    return Classifier("int8")
+
+
+@pytest.fixture(scope="session")
+def test_images(busi_root: Path) -> list[Path]:
+    """~10 BUSI test-split images, a few of each class."""
+    rows = split_files("test")
+    chosen = [row for label, count in IMAGES_PER_CLASS.items()
+              for row in [r for r in rows if r.label == label][:count]]
+    return [busi_root / row.file for row in chosen]
+
+
+@pytest.fixture(scope="session")
+def scan(test_images: list[Path]) -> Path:
+    return test_images[0]
+
+
+@pytest.fixture(scope="session")
+def borderline(classifier: Classifier, busi_root: Path) -> tuple[Path, dict]:
+    """The first BUSI test image whose argmax is not malignant but prob_malignant > 0."""
+    for row in split_files("test"):
+        path = busi_root / row.file
+        result = classifier.classify(path).to_dict()
+        if result["argmax_prediction"] != "malignant" and result["prob_malignant"] > 0.0:
+            return path, result
+    pytest.skip("the model gives no BUSI test image a non-malignant argmax with "
+                "prob_malignant > 0: no image a threshold could force")
+
+
+@pytest.fixture()
+def scans_folder(tmp_path: Path, test_images: list[Path]) -> Path:
+    """PROGRESS_MIN_IMAGES copies of BUSI scans in one folder (enough for a progress bar)."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(PROGRESS_MIN_IMAGES):
+        source = test_images[i % len(test_images)]
+        shutil.copy(source, folder / f"scan {i:02d}{source.suffix}")
+    return folder
+
+
+# --- no model needed -----------------------------------------------------------------------
+
+
+def test_importing_the_runtime_does_not_import_tensorflow() -> None:
+    code = ("import sys, edge_infer, edge_infer.cli, edge_infer.classifier; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r}))")
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args", [
+    [],
+    ["classify"],
+    ["--json", "--csv", "scan.png"],
+    ["--mode", "argmax", "--threshold", "0.5", "scan.png"],
+    ["--threshold", "1.5", "scan.png"],
+    ["--threshold", "-0.1", "scan.png"],
+    ["--threshold", "nan", "scan.png"],
+    ["--mode", "sensitive", "scan.png"],
+    ["--threads", "0", "scan.png"],
+], ids=["no-args", "classify-no-args", "json-and-csv", "argmax-with-threshold",
+        "threshold-above-1", "threshold-below-0", "threshold-nan", "unknown-mode", "threads-0"])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = run(*args)
+    assert_exit(result, 2)
+    assert result.stdout == ""
+
+
+def test_help_through_the_console_script() -> None:
+    done = run_script("--help")
+    assert done.returncode == 0, done.stderr
+    assert "Usage: edge-infer" in done.stdout and "info" in done.stdout
+    done = run_script("classify", "--help")
+    assert done.returncode == 0, done.stderr
+    for option in ("--model", "--mode", "--threshold", "--json", "--csv", "--threads", "--quiet"):
+        assert option in done.stdout
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "manifest not found"),
+    ("{not json", "is not valid JSON"),
+    ("[]", "has no 'models' table"),
+], ids=["missing", "not-json", "no-models"])
+@pytest.mark.parametrize("args", [["scan.png"], ["info"], ["info", "--json"]],
+                         ids=["classify", "info", "info-json"])
+def test_an_unreadable_manifest_is_one_error_line_and_exit_1(
+        args: list[str], content: str | None, message: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    manifest_file = tmp_path / MANIFEST_FILENAME
+    if content is not None:
+        manifest_file.write_text(content)
+    monkeypatch.setattr(manifest_module, "manifest_path", lambda: manifest_file)
+    result = run(*args)
+    assert_exit(result, 1)
+    assert result.stdout == ""
+    assert_one_error(result.stderr, message)
+
+
+# --- output formats against the Python API -------------------------------------------------
+
+
+def test_json_equals_the_python_api(classifier: Classifier, manifest: dict,
+                                    test_images: list[Path]) -> None:
+    result = run("--json", *test_images)
+    assert_exit(result, 0)
+    lines = json_lines(result.stdout)
+    assert [line["file"] for line in lines] == [str(path) for path in test_images]
+    key = model_key(manifest, "int8")
+    for line, path in zip(lines, test_images):
+        assert_consistent(line)
+        assert_matches_api(line, classifier.classify(path).to_dict())
+        assert line["model"] == {"key": key, "variant": "int8",
+                                 "sha256": manifest["models"][key]["sha256"]}
+
+
+def test_csv_header_and_rows(classifier: Classifier, test_images: list[Path]) -> None:
+    images = test_images[:3]
+    result = run("--csv", *images)
+    assert_exit(result, 0)
+    reader = csv.DictReader(io.StringIO(result.stdout))
+    rows = list(reader)
+    assert reader.fieldnames == CSV_HEADER
+    assert [row["file"] for row in rows] == [str(path) for path in images]
+    for row, path in zip(rows, images):
+        api = classifier.classify(path).to_dict()
+        assert (row["prediction"], row["argmax_prediction"]) == (api["prediction"],
+                                                                 api["argmax_prediction"])
+        for name in CLASS_NAMES:
+            assert float(row[f"prob_{name}"]) == pytest.approx(api["probs"][name],
+                                                               abs=PROB_TOLERANCE)
+        assert row["forced_malignant"] == str(api["forced_malignant"])
+        assert row["uncertain"] == str(api["uncertain"])
+        assert row["threshold"] == ""  # argmax mode has no threshold
+        assert float(row["margin"]) == pytest.approx(api["margin"], abs=2 * PROB_TOLERANCE)
+
+
+def test_default_table(classifier: Classifier, test_images: list[Path]) -> None:
+    images = test_images[:3]
+    result = run(*images)
+    assert_exit(result, 0)
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["prediction", "norma", "benig", "malig", "flags", "file"]
+    assert len(rows) == len(images)
+    for row, path in zip(rows, images):
+        prediction, *probs, flags, name = row.split(None, 5)
+        api = classifier.classify(path).to_dict()
+        assert name == str(path)
+        assert prediction == api["prediction"]
+        for text, label in zip(probs, CLASS_NAMES):
+            assert float(text) == pytest.approx(api["probs"][label], abs=5e-4 + PROB_TOLERANCE)
+        expected_flags = [f for f, on in (("forced", api["forced_malignant"]),
+                                          ("uncertain", api["uncertain"])) if on]
+        assert flags == (",".join(expected_flags) or "-")
+
+
+@pytest.mark.parametrize("variant", ["float16", "float32"])
+def test_other_variants_report_their_own_model(variant: str, manifest: dict,
+                                               test_images: list[Path]) -> None:
+    key = model_key(manifest, variant)
+    if key not in manifest["models"]:
+        pytest.skip(f"the manifest has no {key}")
+    images = test_images[:2]
+    result = run("--json", "--model", variant, *images)
+    assert_exit(result, 0)
+    lines = json_lines(result.stdout)
+    assert len(lines) == len(images)
+    api = Classifier(variant)
+    for line, path in zip(lines, images):
+        assert_consistent(line)
+        assert line["model"] == {"key": key, "variant": variant,
+                                 "sha256": manifest["models"][key]["sha256"]}
+        assert_matches_api(line, api.classify(path).to_dict())
+
+
+# --- models: names, files and the manifest -------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["int4", "efficientnet-b9/int8", "keras"])
+def test_a_model_the_runtime_cannot_use_is_exit_1(name: str, manifest: dict, scan: Path) -> None:
+    """Unknown names, and the Keras entry (not TFLite; its file is not shipped either)."""
+    result = run("--model", name, scan)
+    assert_exit(result, 1)
+    assert result.stdout == ""
+    assert_one_error(result.stderr)
+
+
+def test_a_copy_of_a_shipped_model_file_is_recognised(manifest: dict, scan: Path,
+                                                      tmp_path: Path) -> None:
+    copy = tmp_path / "copy.tflite"
+    shutil.copy(resolve_model("int8").path, copy)
+    result = run("--json", "--model", copy, scan)
+    assert_exit(result, 0)
+    [line] = json_lines(result.stdout)
+    assert line["model"]["key"] == model_key(manifest, "int8")
+
+
+def test_a_model_file_not_in_the_manifest_is_refused(manifest: dict, scan: Path,
+                                                     tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.tflite"
+    shutil.copy(resolve_model("int8").path, damaged)
+    flip_a_byte(damaged)
+    result = run("--json", "--model", damaged, scan)
+    assert_exit(result, 1)
+    assert result.stdout == ""
+    assert_one_error(result.stderr, str(damaged), "not a model the manifest knows")
+
+
+def test_classifier_refuses_an_unknown_model(manifest: dict) -> None:
+    with pytest.raises(ModelError, match="unknown model"):
+        Classifier("int4")
+
+
+def test_classifier_refuses_a_file_whose_sha256_differs(manifest: dict, tmp_path: Path) -> None:
+    shipped = resolve_model("int8")
+    manifest_file = tmp_path / MANIFEST_FILENAME
+    manifest_file.write_text(json.dumps(manifest))
+    model_file = tmp_path / shipped.info["file"]
+    shutil.copy(shipped.path, model_file)
+    assert Classifier("int8", manifest_file=manifest_file).entry.path == model_file
+    flip_a_byte(model_file)
+    with pytest.raises(ModelError, match="does not match the manifest") as refused:
+        Classifier("int8", manifest_file=manifest_file)
+    assert shipped.info["sha256"][:12] in str(refused.value)
+    model_file.unlink()
+    with pytest.raises(ModelError, match="model file missing"):
+        Classifier("int8", manifest_file=manifest_file)
+
+
+def test_info_lists_every_manifest_key(manifest: dict) -> None:
+    result = run("info")
+    assert_exit(result, 0)
+    listed = [line.split()[0] for line in result.stdout.splitlines()[2:]]
+    assert listed == list(manifest["models"])
+
+
+def test_info_json_is_the_manifest(manifest: dict) -> None:
+    result = run("info", "--json")
+    assert_exit(result, 0)
+    assert json.loads(result.stdout) == manifest
+
+
+# --- folders -------------------------------------------------------------------------------
+
+
+def test_folder_recursion_masks_and_other_files(classifier: Classifier, test_images: list[Path],
+                                                tmp_path: Path) -> None:
+    folder = tmp_path / "study"
+    deeper = folder / "left" / "2024"
+    deeper.mkdir(parents=True)
+    images = [folder / "a.png", folder / "B.PNG", deeper / "c.png"]
+    for source, target in zip(test_images, images):
+        shutil.copy(source, target)
+    shutil.copy(test_images[0], folder / "a_mask.png")
+    shutil.copy(test_images[1], deeper / "c_mask_1.png")
+    (folder / "notes.txt").write_text("not an image\n")
+    (deeper / "report.csv").write_text("a,b\n")
+    (deeper / "scan.dcm").write_bytes(b"\0" * 200)
+    result = run("--json", folder)
+    assert_exit(result, 0)
+    lines = json_lines(result.stdout)
+    assert [line["file"] for line in lines] == [str(p) for p in sorted(images)]
+    for line, path in zip(lines, sorted(images)):
+        assert_consistent(line)
+        assert_matches_api(line, classifier.classify(path).to_dict())
+    assert f"note: {folder}: skipped 2 BUSI mask file(s)" in result.stderr.splitlines()
+    assert error_lines(result.stderr) == []
+
+
+def test_progress_bar_goes_to_stderr_only(manifest: dict, scans_folder: Path) -> None:
+    result = run("--json", scans_folder)
+    assert_exit(result, 0)
+    assert len(json_lines(result.stdout)) == PROGRESS_MIN_IMAGES
+    assert f"{PROGRESS_MIN_IMAGES}/{PROGRESS_MIN_IMAGES}" in result.stderr
+    quiet = run("--json", "--quiet", scans_folder)
+    assert_exit(quiet, 0)
+    assert quiet.stdout == result.stdout
+    assert quiet.stderr == ""
+
+
+# --- inputs that cannot be read: one error line each, exit 3 -------------------------------
+
+
+def missing_file(folder: Path, scan: Path) -> Path:
+    return folder / "nowhere.png"
+
+
+def folder_without_images(folder: Path, scan: Path) -> Path:
+    empty = folder / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no scans here\n")
+    return empty
+
+
+def text_named_png(folder: Path, scan: Path) -> Path:
+    path = folder / "letter.png"
+    path.write_text("Dear colleague,\n")
+    return path
+
+
+def truncated_png(folder: Path, scan: Path) -> Path:
+    path = folder / "half.png"
+    data = scan.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def zero_byte_file(folder: Path, scan: Path) -> Path:
+    path = folder / "zero.png"
+    path.touch()
+    return path
+
+
+def absurd_dimensions(folder: Path, scan: Path) -> Path:
+    path = folder / "huge.png"
+    path.write_bytes(png_header_only(50_000, 50_000))
+    return path
+
+
+def above_the_pixel_limit(folder: Path, scan: Path) -> Path:
+    path = folder / "big.png"
+    path.write_bytes(png_header_only(8_000, 8_000))  # under Pillow's bomb guard, over MAX_PIXELS
+    return path
+
+
+def two_frames(scan: Path, image_format: str, **params: object) -> bytes:
+    """The scan and the scan upside down as one two-frame file, in memory."""
+    with Image.open(scan) as source:
+        grey = source.convert("L")
+    out = io.BytesIO()
+    grey.save(out, format=image_format, save_all=True, append_images=[grey.rotate(180)],
+              **params)
+    return out.getvalue()
+
+
+def truncated_animated_webp(folder: Path, scan: Path) -> Path:
+    path = folder / "cine.webp"
+    data = two_frames(scan, "WEBP")
+    path.write_bytes(data[: len(data) // 2])  # Pillow's WebP decoder refuses it at open
+    return path
+
+
+def truncated_multipage_tiff(folder: Path, scan: Path) -> Path:
+    path = folder / "pages.tif"
+    data = two_frames(scan, "TIFF")
+    path.write_bytes(data[: len(data) * 2 // 5])  # counting pages fails, before any load
+    return path
+
+
+def gif_cut_in_a_frame_header(folder: Path, scan: Path) -> Path:
+    path = folder / "cut.gif"
+    data = two_frames(scan, "GIF", duration=100)
+    path.write_bytes(data[: data.rfind(b"\x21\xf9\x04") + 1])  # just after frame 2's '!'
+    return path
+
+
+BAD_INPUTS: dict[str, BadInputMaker] = {
+    "missing file": missing_file,
+    "folder without images": folder_without_images,
+    "text named .png": text_named_png,
+    "truncated PNG": truncated_png,
+    "zero bytes": zero_byte_file,
+    "50000x50000 header": absurd_dimensions,
+    "8000x8000 header": above_the_pixel_limit,
+    "truncated animated WebP": truncated_animated_webp,
+    "truncated multi-page TIFF": truncated_multipage_tiff,
+    "GIF cut in a frame header": gif_cut_in_a_frame_header,
+}
+
+
+@pytest.mark.parametrize("make", BAD_INPUTS.values(), ids=list(BAD_INPUTS))
+def test_an_unreadable_input_is_one_error_line_and_exit_3(make: BadInputMaker,
+                                                          manifest: dict, scan: Path,
+                                                          tmp_path: Path) -> None:
+    bad = make(tmp_path, scan)
+    result = run("--json", bad)
+    assert_exit(result, 3)
+    assert result.stdout == ""
+    assert_one_error(result.stderr, f"error: {bad}: ")
+
+
+def test_bad_inputs_are_each_named_and_good_ones_still_classified(
+        manifest: dict, test_images: list[Path], tmp_path: Path) -> None:
+    bad = [make(tmp_path, test_images[0]) for make in BAD_INPUTS.values()]
+    good = test_images[:2]
+    result = run("--json", good[0], *bad, good[1])
+    assert_exit(result, 3)
+    assert [line["file"] for line in json_lines(result.stdout)] == [str(p) for p in good]
+    errors = error_lines(result.stderr)
+    assert len(errors) == len(bad)
+    for path in bad:
+        assert sum(error.startswith(f"error: {path}: ") for error in errors) == 1, path
+
+
+def test_a_file_that_cannot_be_opened_is_exit_3(manifest: dict, test_images: list[Path],
+                                               tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = tmp_path / "locked.png"
+    shutil.copy(test_images[0], locked)
+    real_open = builtins.open
+
+    def deny(file, *args, **kwargs):
+        if os.fspath(file) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", deny)
+    result = run("--json", locked, test_images[1])
+    assert_exit(result, 3)
+    assert [line["file"] for line in json_lines(result.stdout)] == [str(test_images[1])]
+    assert_one_error(result.stderr, f"error: {locked}: ", "Permission denied")
+
+
+# --- odd but valid images: classified, exit 0 ----------------------------------------------
+
+
+def animated_gif(grey: Image.Image, folder: Path) -> Path:
+    path = folder / "cine.gif"
+    grey.save(path, save_all=True, append_images=[grey.rotate(180)], duration=100, loop=0)
+    return path
+
+
+def sixteen_bit_png(grey: Image.Image, folder: Path) -> Path:
+    path = folder / "deep.png"
+    Image.fromarray(np.asarray(grey, dtype=np.uint16) * 257).save(path)
+    return path
+
+
+def cmyk_jpeg(grey: Image.Image, folder: Path) -> Path:
+    path = folder / "print.jpg"
+    grey.convert("CMYK").save(path, quality=95)
+    return path
+
+
+def palette_png(grey: Image.Image, folder: Path) -> Path:
+    path = folder / "palette.png"
+    grey.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=64).save(path)
+    return path
+
+
+def rgba_png(grey: Image.Image, folder: Path) -> Path:
+    path = folder / "alpha.png"
+    rgba = grey.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(grey.size))
+    rgba.save(path)
+    return path
+
+
+def exif_rotated_jpeg(grey: Image.Image, folder: Path) -> Path:
+    path = folder / "rotated.jpg"
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6  # display rotated 90 degrees clockwise
+    grey.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(path, exif=exif, quality=95)
+    return path
+
+
+def is_animated(image: Image.Image) -> bool:
+    return getattr(image, "n_frames", 1) > 1
+
+
+ODD_INPUTS: dict[str, tuple[ImageBuilder, Callable[[Image.Image], bool]]] = {
+    "animated GIF": (animated_gif, is_animated),
+    "16-bit PNG": (sixteen_bit_png, lambda image: image.mode in ("I;16", "I")),
+    "CMYK JPEG": (cmyk_jpeg, lambda image: image.mode == "CMYK"),
+    "palette PNG": (palette_png, lambda image: image.mode == "P"),
+    "RGBA PNG": (rgba_png, lambda image: image.mode == "RGBA"),
+    "EXIF-rotated JPEG": (exif_rotated_jpeg,
+                          lambda image: image.getexif().get(ORIENTATION_TAG) == 6),
+}
+
+
+@pytest.mark.parametrize(("make", "is_as_built"), ODD_INPUTS.values(), ids=list(ODD_INPUTS))
+def test_an_odd_but_valid_image_is_classified(make: ImageBuilder,
+                                              is_as_built: Callable[[Image.Image], bool],
+                                              classifier: Classifier, scan: Path,
+                                              tmp_path: Path) -> None:
+    with Image.open(scan) as source:
+        path = make(source.convert("L"), tmp_path)
+    with Image.open(path) as built:
+        assert is_as_built(built), "the test image is not what it claims to be"
+    result = run("--json", path)
+    assert_exit(result, 0)
+    [line] = json_lines(result.stdout)
+    assert_consistent(line)
+    assert_matches_api(line, classifier.classify(path).to_dict())
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    if make is animated_gif:
+        assert notes == [f"note: {path}: multi-frame image (2 frames): used the first frame"]
+    else:
+        assert notes == []
+
+
+# --- mode and threshold --------------------------------------------------------------------
+
+
+def test_a_threshold_below_prob_malignant_forces_malignant(borderline: tuple[Path, dict]) -> None:
+    path, api = borderline
+    p = api["prob_malignant"]
+    for args in (["--threshold", repr(p / 2)],
+                 ["--mode", "high-sensitivity", "--threshold", repr(p / 2)],
+                 ["--threshold", repr(p)]):  # the threshold itself counts as reached
+        result = run("--json", *args, path)
+        assert_exit(result, 0)
+        [line] = json_lines(result.stdout)
+        assert_consistent(line)
+        assert line["threshold"] == float(args[-1])
+        assert (line["mode"], line["prediction"], line["forced_malignant"]) == (
+            "high-sensitivity", "malignant", True)
+        assert line["argmax_prediction"] == api["argmax_prediction"]
+        assert line["prob_malignant"] == pytest.approx(p, abs=PROB_TOLERANCE)
+
+
+def test_a_threshold_above_prob_malignant_keeps_the_argmax(borderline: tuple[Path, dict]) -> None:
+    path, api = borderline
+    t_high = (1.0 + api["prob_malignant"]) / 2
+    result = run("--json", "--threshold", repr(t_high), path)
+    assert_exit(result, 0)
+    [line] = json_lines(result.stdout)
+    assert_consistent(line)
+    assert (line["mode"], line["threshold"]) == ("high-sensitivity", t_high)
+    assert line["prediction"] == line["argmax_prediction"] == api["argmax_prediction"]
+    assert line["forced_malignant"] is False
+
+
+def test_high_sensitivity_defaults_to_the_manifest_threshold(manifest: dict,
+                                                             test_images: list[Path]) -> None:
+    threshold = manifest["models"][model_key(manifest, "int8")]["threshold"]
+    result = run("--json", "--mode", "high-sensitivity", *test_images[:4])
+    assert_exit(result, 0)
+    lines = json_lines(result.stdout)
+    assert len(lines) == 4
+    for line in lines:
+        assert_consistent(line)
+        assert (line["mode"], line["threshold"]) == ("high-sensitivity", threshold)
+
+
+# --- the installed console script ----------------------------------------------------------
+
+
+def test_console_script_json_for_one_image(classifier: Classifier, scan: Path) -> None:
+    done = run_script("--json", scan)
+    assert done.returncode == 0, done.stderr
+    [line] = json_lines(done.stdout)
+    assert line["file"] == str(scan)
+    assert_consistent(line)
+    assert_matches_api(line, classifier.classify(scan).to_dict())
+
+
+def test_console_script_bad_file_is_exit_3(manifest: dict, tmp_path: Path, scan: Path) -> None:
+    bad = text_named_png(tmp_path, scan)
+    done = run_script("--json", bad)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert_one_error(done.stderr, f"error: {bad}: ")
+
+
+def test_console_script_from_another_directory(manifest: dict, scans_folder: Path) -> None:
+    """A relative folder from an unrelated cwd; a progress bar on stderr, pure JSON on stdout."""
+    done = run_script("--json", scans_folder.name, cwd=scans_folder.parent)
+    assert done.returncode == 0, done.stderr
+    lines = json_lines(done.stdout)
+    assert [line["file"] for line in lines] == [
+        str(Path(scans_folder.name) / p.name) for p in sorted(scans_folder.iterdir())]
+    for line in lines:
+        assert_consistent(line)
+    assert f"{PROGRESS_MIN_IMAGES}/{PROGRESS_MIN_IMAGES}" in done.stderr
+
+
+def test_classifying_does_not_import_tensorflow(manifest: dict, scan: Path) -> None:
+    code = ("import sys; from edge_infer.classifier import Classifier; "
+            "Classifier('int8').classify(sys.argv[1]); "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r}))")
+    done = run_python(code, scan)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,370 @@
+"""The web app: the same answers as the Classifier and the CLI, its limits and error statuses,
+concurrency over the classifier pool, and an upload through headless Chromium.
+
+Model-agnostic: it runs against whatever models are shipped and skips if there are none."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from click.testing import CliRunner
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from edge_infer.classifier import Classifier
+from edge_infer.cli import main
+from edge_infer.datasets import split_files
+from edge_infer.decision import Decision, decide
+from edge_infer.manifest import ModelError, read_manifest
+from edge_infer.server import FORM_OVERHEAD_BYTES, STATIC_DIR, create_app
+from edge_infer.spec import CLASS_NAMES
+
+SMALL_LIMIT = 2000  # bytes: every BUSI image is larger
+SERVER_START_SECONDS = 10
+BROWSER_WAIT_SECONDS = 30
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1000,1150")
+DECISION_FIELDS = set(Decision.__dataclass_fields__)
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    try:
+        return read_manifest()
+    except ModelError as err:
+        pytest.skip(f"no models shipped: {err}")
+
+
+@pytest.fixture(scope="module")
+def classifier(manifest: dict) -> Classifier:
+    return Classifier("int8", threads=1)
+
+
+@pytest.fixture(scope="module")
+def images(busi_root: Path) -> list[Path]:
+    """Four BUSI test-split images: the first of each class and a second benign one."""
+    rows = split_files("test")
+    chosen = [next(r for r in rows if r.label == label) for label in CLASS_NAMES]
+    chosen.append([r for r in rows if r.label == "benign"][1])
+    return [busi_root / row.file for row in chosen]
+
+
+@pytest.fixture(scope="module")
+def client(manifest: dict) -> Iterator[TestClient]:
+    with TestClient(create_app("int8", threads=1, workers=2)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def small_client(manifest: dict) -> Iterator[TestClient]:
+    with TestClient(create_app(max_upload_bytes=SMALL_LIMIT)) as test_client:
+        yield test_client
+
+
+@contextmanager
+def running(app: FastAPI) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(SERVER_START_SECONDS)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def live_url(manifest: dict) -> Iterator[str]:
+    with running(create_app(workers=2)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def small_live_url(manifest: dict) -> Iterator[str]:
+    with running(create_app(max_upload_bytes=SMALL_LIMIT)) as url:
+        yield url
+
+
+def post(client: TestClient | httpx.Client, path: Path, data: dict | None = None) -> httpx.Response:
+    return client.post("/predict", files={"file": (path.name, path.read_bytes(), "image/png")},
+                       data=data or {})
+
+
+def expected(classifier: Classifier, path: Path, *args) -> dict:
+    """What `edge-infer --json` says about `path`, named as the upload is."""
+    return {"file": path.name, **classifier.classify(path, *args).to_dict(),
+            "model": classifier.model_info()}
+
+
+# --- no model needed -----------------------------------------------------------------------
+
+
+def test_the_page_needs_nothing_from_outside() -> None:
+    files = {path.name: path.read_text() for path in STATIC_DIR.iterdir()}
+    assert {"index.html", "app.js", "style.css"} <= set(files)
+    for name, text in files.items():
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
+    assert "not a diagnosis" in files["index.html"]
+
+
+def test_serve_without_the_extra_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and 'pip install ".[serve]"' in result.stderr
+
+
+# --- the API -------------------------------------------------------------------------------
+
+
+def test_results_equal_the_classifier_and_the_cli(client: TestClient, classifier: Classifier,
+                                                  images: list[Path]) -> None:
+    answers = []
+    for path in images:
+        response = post(client, path)
+        assert response.status_code == 200, response.text
+        assert response.json() == expected(classifier, path)
+        answers.append(response.json())
+    cli = CliRunner().invoke(main, ["classify", "--json", "--quiet", "--threads", "1",
+                                    *map(str, images)])
+    assert cli.exit_code == 0, cli.output
+    cli_results = [json.loads(line) for line in cli.stdout.splitlines()]
+    assert [{**r, "file": Path(r["file"]).name} for r in cli_results] == answers
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.37, 1.0])
+def test_threshold_applies_the_decision_rule(client: TestClient, images: list[Path],
+                                             threshold: float) -> None:
+    for path in images[:2]:
+        probs = post(client, path).json()["probs"]
+        rule = decide([probs[c] for c in CLASS_NAMES], "high-sensitivity", threshold).to_dict()
+        for fields in ({"threshold": str(threshold)},
+                       {"mode": "high-sensitivity", "threshold": str(threshold)}):
+            result = post(client, path, fields).json()
+            assert {k: result[k] for k in DECISION_FIELDS} == rule
+        if threshold == 0.0:
+            assert rule["prediction"] == "malignant"
+
+
+def test_high_sensitivity_defaults_to_the_models_threshold(
+        client: TestClient, classifier: Classifier, images: list[Path]) -> None:
+    path = images[0]
+    result = post(client, path, {"mode": "high-sensitivity"}).json()
+    assert result == expected(classifier, path, "high-sensitivity")
+    assert result["threshold"] == classifier.threshold
+    assert post(client, path, {"mode": "argmax"}).json() == expected(classifier, path)
+
+
+@pytest.mark.parametrize("fields", [
+    {"threshold": "1.5"}, {"threshold": "-0.1"}, {"threshold": "nan"}, {"threshold": "abc"},
+    {"mode": "bogus"}, {"mode": "argmax", "threshold": "0.3"},
+])
+def test_bad_form_fields_are_422(client: TestClient, images: list[Path], fields: dict) -> None:
+    response = post(client, images[0], fields)
+    assert response.status_code == 422 and response.json()["detail"]
+
+
+def test_a_wrong_field_name_is_422(client: TestClient, images: list[Path]) -> None:
+    response = client.post("/predict", files={"image": ("scan.png", images[0].read_bytes())})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+@pytest.mark.parametrize(("make", "status", "words"), [
+    (lambda png: b"just some text\n", 415, "not an image"),
+    (lambda png: b"", 422, "empty"),
+    (lambda png: png[: len(png) // 2], 422, "truncated"),
+])
+def test_unreadable_uploads_get_a_clear_message(client: TestClient, images: list[Path], make,
+                                                status: int, words: str) -> None:
+    response = client.post("/predict", files={"file": ("upload", make(images[0].read_bytes()))})
+    assert response.status_code == status
+    assert words in response.json()["detail"]
+
+
+def test_uploads_over_the_limit_are_413(small_client: TestClient, images: list[Path]) -> None:
+    over_by_declared_length = post(small_client, images[0])  # refused by Content-Length
+    assert images[0].stat().st_size > SMALL_LIMIT + FORM_OVERHEAD_BYTES
+    over_by_file_size = small_client.post("/predict", files={"file": ("a", b"x" * 3000)})
+    for response in (over_by_declared_length, over_by_file_size):
+        assert response.status_code == 413
+        assert "limit" in response.json()["detail"]
+    assert small_client.post("/predict", files={"file": ("a", b"x" * 1000)}).status_code == 415
+
+
+def _read_status(sock: socket.socket) -> str:
+    return sock.recv(4096).split(b"\r\n", 1)[0].decode()
+
+
+def test_413_comes_before_the_body_is_read(small_live_url: str) -> None:
+    port = int(small_live_url.rsplit(":", 1)[1])
+    head = ("POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # declares 1 GB
+        sock.sendall(f"{head}Content-Length: 1000000000\r\n\r\n".encode())
+        assert "413" in _read_status(sock)
+    part = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+            + b"x" * (SMALL_LIMIT + FORM_OVERHEAD_BYTES))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:  # chunked, unfinished
+        sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+        sock.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")  # no final 0-chunk
+        assert "413" in _read_status(sock)
+
+
+def test_health_model_and_openapi(client: TestClient, manifest: dict) -> None:
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["workers"] == 2
+    assert client.get("/model").json() == {"key": health["model"],
+                                           **manifest["models"][health["model"]]}
+    schema = client.get("/openapi.json").json()
+    ok = schema["paths"]["/predict"]["post"]["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/Prediction")
+    fields = schema["components"]["schemas"]["Prediction"]["properties"]
+    assert set(fields) == DECISION_FIELDS | {"file", "model"}
+    assert {"413", "415", "422"} <= set(schema["paths"]["/predict"]["post"]["responses"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_the_page_and_its_files_are_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "not a diagnosis" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+# --- concurrency ---------------------------------------------------------------------------
+
+
+def test_parallel_requests_equal_single_ones_and_never_share_an_interpreter(
+        live_url: str, images: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    with httpx.Client(base_url=live_url, timeout=60) as http:
+        single = [post(http, path).json() for path in images]
+    busy: set[int] = set()
+    shared: list[int] = []
+    lock = threading.Lock()
+    classify_array = Classifier.classify_array
+
+    def exclusive(self: Classifier, *args, **kwargs) -> Decision:
+        with lock:
+            (shared.append if id(self) in busy else busy.add)(id(self))
+        try:
+            return classify_array(self, *args, **kwargs)
+        finally:
+            with lock:
+                busy.discard(id(self))
+
+    monkeypatch.setattr(Classifier, "classify_array", exclusive)
+
+    def ask(i: int) -> dict:
+        with httpx.Client(base_url=live_url, timeout=60) as http:
+            return post(http, images[i % len(images)]).json()
+
+    with ThreadPoolExecutor(16) as executor:
+        answers = list(executor.map(ask, range(16)))
+    assert answers == [single[i % len(images)] for i in range(16)]
+    assert not shared
+
+
+def test_inference_does_not_block_the_event_loop(live_url: str, images: list[Path],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    entered, release = threading.Event(), threading.Event()
+    classify_array = Classifier.classify_array
+
+    def held(self: Classifier, *args, **kwargs) -> Decision:
+        entered.set()
+        release.wait(SERVER_START_SECONDS)
+        return classify_array(self, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "classify_array", held)
+    with ThreadPoolExecutor(1) as executor, httpx.Client(base_url=live_url, timeout=5) as http:
+        pending = executor.submit(post, http, images[0])
+        assert entered.wait(SERVER_START_SECONDS)
+        assert http.get("/healthz").status_code == 200  # answered while invoke is held
+        release.set()
+        assert pending.result().status_code == 200
+
+
+# --- the serve command ---------------------------------------------------------------------
+
+
+def test_serve_builds_the_app_from_its_options(manifest: dict,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    result = CliRunner().invoke(main, ["serve", "--port", "8123", "--workers", "3",
+                                       "--max-upload-mb", "2"])
+    assert result.exit_code == 0, result.output
+    (app, kwargs), = calls
+    assert kwargs == {"host": "127.0.0.1", "port": 8123}
+    health = TestClient(app).get("/healthz").json()
+    assert (health["workers"], health["max_upload_bytes"]) == (3, 2 * 2**20)
+
+
+# --- a real browser ------------------------------------------------------------------------
+
+
+def _chromium() -> tuple[str, str]:
+    """Paths of the Chromium binary and its driver, or a skip."""
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+    driver = shutil.which("chromedriver")
+    if not (browser and driver):
+        pytest.skip("no chromium/chromedriver: apt-get install -y chromium chromium-driver")
+    return browser, driver
+
+
+def test_upload_in_headless_chromium(live_url: str, images: list[Path], tmp_path: Path) -> None:
+    browser, driver_path = _chromium()
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
+    try:
+        path = images[2]
+        driver.get(live_url)
+        driver.find_element(By.ID, "file").send_keys(str(path.resolve()))
+        result = driver.find_element(By.ID, "result")
+        WebDriverWait(driver, BROWSER_WAIT_SECONDS).until(
+            lambda _: result.is_displayed() and result.get_attribute("data-file") == path.name)
+        shown = {"prediction": driver.find_element(By.ID, "prediction").text.lower(),
+                 "forced": driver.find_element(By.ID, "forced").text,
+                 "uncertain": driver.find_element(By.ID, "uncertain").text,
+                 "bars": len(driver.find_elements(By.CSS_SELECTOR, "#bars .bar-row"))}
+        driver.save_screenshot(str(tmp_path / "web_app.png"))
+    finally:
+        driver.quit()
+    with httpx.Client(base_url=live_url, timeout=60) as http:
+        api = post(http, path).json()
+    yes_no = {True: "yes", False: "no"}
+    assert shown == {"prediction": api["prediction"], "forced": yes_no[api["forced_malignant"]],
+                     "uncertain": yes_no[api["uncertain"]], "bars": len(CLASS_NAMES)}
+    assert (tmp_path / "web_app.png").stat().st_size > 0
