@@ -104,8 +104,7 @@ def classification_metrics(
 
 def reliability_bins(y_true: np.ndarray, probs: np.ndarray,
                      n_bins: int = CALIBRATION_BINS) -> list[dict]:
-    """Top-label reliability: per equal-width confidence bin [k/M, (k+1)/M) (the last closed),
-    its image count, mean confidence and accuracy (None for an empty bin)."""
+    """Per confidence bin [k/M, (k+1)/M) (last closed): count, mean confidence, accuracy."""
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)  # dequantized int8 sums to 1 only roughly
     confidence = probs.max(axis=1)
@@ -135,8 +134,7 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray,
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int,
                        n_resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
                        seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Percentile bootstrap interval of statistic(indices) over n items resampled with
-    replacement (seeded, so reproducible); resamples where it is NaN are ignored."""
+    """Seeded percentile bootstrap interval of statistic(indices); NaN resamples ignored."""
     rng = np.random.default_rng(seed)
     values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_resamples)],
                       dtype=np.float64)
@@ -147,8 +145,7 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int,
 
 def headline_statistics(y_true: np.ndarray, probs: np.ndarray,
                         threshold: float | None) -> dict[str, Callable[[np.ndarray], float]]:
-    """Accuracy, macro-F1 and malignant recall (at the threshold) as functions of a resample's
-    indices, for `bootstrap_interval`; the full index set gives classification_metrics' values."""
+    """Accuracy, macro-F1 and malignant recall at T as functions of resample indices."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(probs).argmax(axis=1)
     called = malignant_called(probs, threshold)

@@ -1,10 +1,11 @@
 """The Keras model as ONNX (fp32) and ONNX Runtime's own static int8 of it.
 
 Route: Keras 3 `model.export(format="onnx")` (tf2onnx underneath). That export leaves a
-Normalization layer's mean and variance (captured tensors) as extra graph inputs, so they are
-frozen back into initializers with the layer's own values. The int8 model is ONNX Runtime's
-static QDQ quantization (uint8 activations, per-channel int8 weights), calibrated on the
-validation images.
+Normalization layer's mean and variance (captured tensors) as extra graph inputs: those no
+node reads (tf2onnx folded the values in) are dropped, any that are read are frozen into
+initializers with the layer's own values; the result is checked against Keras. The int8
+model is ONNX Runtime's static QDQ quantization (uint8 activations, per-channel int8
+weights), calibrated on the validation images.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,24 +52,27 @@ def _normalization_value(model, input_name: str, shape: list[int]) -> np.ndarray
     return np.asarray(value, dtype=np.float32).reshape(shape)
 
 
-def freeze_extra_inputs(path: Path, model) -> list[str]:
-    """Turn every graph input but the image into an initializer; returns their names."""
+def freeze_extra_inputs(path: Path, model) -> dict[str, list[str]]:
+    """Drop leftover graph inputs no node reads, freeze the rest; returns both names."""
     import onnx
     from onnx import numpy_helper
 
     graph_model = onnx.load(str(path))
     graph = graph_model.graph
     initialized = {init.name for init in graph.initializer}
-    extra = [inp for inp in graph.input[1:] if inp.name not in initialized]
-    for inp in extra:
-        shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-        value = _normalization_value(model, inp.name, shape)
-        graph.initializer.append(numpy_helper.from_array(value, inp.name))
+    read = {name for node in graph.node for name in node.input}
+    done: dict[str, list[str]] = {"dropped": [], "frozen": []}
+    for inp in [inp for inp in graph.input[1:] if inp.name not in initialized]:
+        if inp.name in read:
+            shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+            value = _normalization_value(model, inp.name, shape)
+            graph.initializer.append(numpy_helper.from_array(value, inp.name))
+        done["frozen" if inp.name in read else "dropped"].append(inp.name)
         graph.input.remove(inp)
-    if extra:
+    if done["dropped"] or done["frozen"]:
         onnx.checker.check_model(graph_model)
         onnx.save(graph_model, str(path))
-    return [inp.name for inp in extra]
+    return done
 
 
 def export_fp32(model, path: Path, check_images: np.ndarray) -> dict:
@@ -80,9 +85,10 @@ def export_fp32(model, path: Path, check_images: np.ndarray) -> dict:
         raise OnnxUnavailable("tf2onnx is not installed (pip install 'busi-edge[bench]')") from None
     batch = check_images.astype(np.float32)
     reference = model.predict(batch, verbose=0)  # also makes sure the model has been called
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # Keras's tf2onnx patch probes np.object
         model.export(str(path), format="onnx", verbose=False)
-    frozen = freeze_extra_inputs(path, model)
+    extra_inputs = freeze_extra_inputs(path, model)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     if len(session.get_inputs()) != 1:
         raise OnnxUnavailable(f"the ONNX export takes {len(session.get_inputs())} inputs, not 1")
@@ -91,8 +97,9 @@ def export_fp32(model, path: Path, check_images: np.ndarray) -> dict:
     if diff > MAX_EXPORT_DIFF:
         raise OnnxUnavailable(f"the ONNX export differs from Keras by up to {diff:.4f} "
                               f"(> {MAX_EXPORT_DIFF}) in probability")
-    return {"route": "keras Model.export(format='onnx') via tf2onnx", "frozen_inputs": frozen,
-            "max_abs_dprob_vs_keras": diff, "opset": _opset(path)}
+    return {"route": "Keras Model.export(format='onnx') (tf2onnx)", "opset": _opset(path),
+            "extra_inputs": extra_inputs, "max_abs_dprob_vs_keras": diff,
+            "check_images": int(len(check_images))}
 
 
 def _opset(path: Path) -> int:
@@ -110,6 +117,7 @@ class _Calibration:
         self.images = iter(images)
 
     def get_next(self) -> dict | None:
+        """The next image as a feed dict, None when done."""
         image = next(self.images, None)
         return None if image is None else {self.input_name: image[None].astype(np.float32)}
 

@@ -34,6 +34,7 @@ class VariantSpec:
     manifest: str | None = None
 
     def to_dict(self) -> dict:
+        """The spec as JSON-ready fields (how child processes receive it)."""
         return asdict(self)
 
 

@@ -207,13 +207,15 @@ def test_unreadable_uploads_get_a_clear_message(client: TestClient, images: list
 
 
 def test_uploads_over_the_limit_are_413(small_client: TestClient, images: list[Path]) -> None:
-    over_by_declared_length = post(small_client, images[0])  # refused by Content-Length
-    assert images[0].stat().st_size > SMALL_LIMIT + FORM_OVERHEAD_BYTES
-    over_by_file_size = small_client.post("/predict", files={"file": ("a", b"x" * 3000)})
-    for response in (over_by_declared_length, over_by_file_size):
+    def upload(size: int) -> httpx.Response:
+        return small_client.post("/predict", files={"file": ("a", b"x" * size)})
+
+    body_over_the_limit = upload(SMALL_LIMIT + FORM_OVERHEAD_BYTES)  # refused by Content-Length
+    file_over_the_limit = upload(SMALL_LIMIT + 1)  # the body is within the form allowance
+    for response in (body_over_the_limit, file_over_the_limit, post(small_client, images[0])):
         assert response.status_code == 413
-        assert "limit" in response.json()["detail"]
-    assert small_client.post("/predict", files={"file": ("a", b"x" * 1000)}).status_code == 415
+        assert "limit is 1.95 KiB" in response.json()["detail"]
+    assert upload(SMALL_LIMIT).status_code == 415  # within the limit: read, and not an image
 
 
 def _read_status(sock: socket.socket) -> str:
@@ -337,10 +339,28 @@ def _chromium() -> tuple[str, str]:
     return browser, driver
 
 
+def _shown(driver) -> dict:
+    """What the result card says, in the API's terms."""
+    from selenium.webdriver.common.by import By
+
+    def text(element_id: str) -> str:
+        return driver.find_element(By.ID, element_id).text
+
+    return {"prediction": text("prediction").lower(),
+            "forced_malignant": text("forced") == "yes", "uncertain": text("uncertain") == "yes",
+            "bars": len(driver.find_elements(By.CSS_SELECTOR, "#bars .bar-row"))}
+
+
+def _api_view(result: dict) -> dict:
+    return {"prediction": result["prediction"], "forced_malignant": result["forced_malignant"],
+            "uncertain": result["uncertain"], "bars": len(result["probs"])}
+
+
 def test_upload_in_headless_chromium(live_url: str, images: list[Path], tmp_path: Path) -> None:
     browser, driver_path = _chromium()
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
@@ -348,23 +368,25 @@ def test_upload_in_headless_chromium(live_url: str, images: list[Path], tmp_path
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
+    wait = WebDriverWait(driver, BROWSER_WAIT_SECONDS)
+    path = images[1]
     try:
-        path = images[2]
         driver.get(live_url)
         driver.find_element(By.ID, "file").send_keys(str(path.resolve()))
         result = driver.find_element(By.ID, "result")
-        WebDriverWait(driver, BROWSER_WAIT_SECONDS).until(
-            lambda _: result.is_displayed() and result.get_attribute("data-file") == path.name)
-        shown = {"prediction": driver.find_element(By.ID, "prediction").text.lower(),
-                 "forced": driver.find_element(By.ID, "forced").text,
-                 "uncertain": driver.find_element(By.ID, "uncertain").text,
-                 "bars": len(driver.find_elements(By.CSS_SELECTOR, "#bars .bar-row"))}
+        wait.until(lambda _: result.is_displayed()
+                   and result.get_attribute("data-file") == path.name)
+        argmax = _shown(driver)
         driver.save_screenshot(str(tmp_path / "web_app.png"))
+        driver.find_element(By.CSS_SELECTOR, 'input[value="high-sensitivity"]').click()
+        driver.find_element(By.ID, "threshold").send_keys("0", Keys.TAB)
+        wait.until(lambda _: "threshold 0.000" in driver.find_element(By.ID, "meta").text)
+        forced = _shown(driver)
+        driver.save_screenshot(str(tmp_path / "web_app_high_sensitivity.png"))
     finally:
         driver.quit()
     with httpx.Client(base_url=live_url, timeout=60) as http:
-        api = post(http, path).json()
-    yes_no = {True: "yes", False: "no"}
-    assert shown == {"prediction": api["prediction"], "forced": yes_no[api["forced_malignant"]],
-                     "uncertain": yes_no[api["uncertain"]], "bars": len(CLASS_NAMES)}
+        assert argmax == _api_view(post(http, path).json())
+        assert forced == _api_view(post(http, path, {"threshold": "0"}).json())
+    assert forced["prediction"] == "malignant"
     assert (tmp_path / "web_app.png").stat().st_size > 0

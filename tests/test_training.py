@@ -11,7 +11,7 @@ import pytest
 keras = pytest.importorskip("keras", reason="training extra ([train]) not installed")
 
 from edge_infer.datasets import load_images, split_files  # noqa: E402
-from edge_infer.preprocess import decode_image, preprocess_image, to_model_input  # noqa: E402
+from edge_infer.preprocess import decode_image, to_model_input  # noqa: E402
 from train.architectures import (  # noqa: E402
     block_names,
     classifier,
@@ -50,7 +50,9 @@ def test_lite0_build_reproduces_the_weights_imagenet_check(lite0_tensors, photo,
     backbone = efficientnet_lite0_backbone()
     load_into_backbone(backbone, lite0_tensors)
     kernel, bias = lite0_imagenet_classifier(lite0_tensors)
-    image = preprocess_image(Image.fromarray(getattr(data, photo)()))
+    # The provenance check is on ImageNet colour photos, so it feeds RGB, not the luma model input.
+    photo_rgb = Image.fromarray(getattr(data, photo)())
+    image = np.asarray(photo_rgb.resize((224, 224), Image.Resampling.BILINEAR))
     features = backbone.predict(image[None].astype("float32"), verbose=0).mean(axis=(1, 2))
     logits = features @ kernel + bias
     probs = np.exp(logits - logits.max())

@@ -51,8 +51,8 @@ class TrainConfig:
     batch_size: int = 16
     dropout: float = 0.3
     patience: int = 8
-    class_weight_power: float = 1.0
-    unfreeze_from: str | None = None
+    class_weight_power: float = 0.5
+    unfreeze_from: str | None = "block4a"
     seed: int = 0
     fold: int | None = None
     limit: int | None = None

@@ -71,8 +71,11 @@ function forcedSentence(r) {
   if (r.mode === "argmax") {
     return "Not forced: in this mode the label is always the most probable class.";
   }
-  return "Not forced: the label is the most probable class. High-sensitivity mode " +
-    `overrides it only when the malignant probability reaches ${percent(r.threshold)}.`;
+  if (r.argmax_prediction === "malignant") {
+    return "Not forced: malignant is already the most probable class.";
+  }
+  return `Not forced: the malignant probability (${percent(r.prob_malignant)}) is below the ` +
+    `threshold (${percent(r.threshold)}), so the label is the most probable class.`;
 }
 
 function uncertainSentence(r) {

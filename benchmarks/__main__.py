@@ -1,0 +1,5 @@
+"""`python -m benchmarks` = `busi-bench`."""
+
+from benchmarks.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""The report's figures (matplotlib, Agg backend), drawn from the results dict alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from edge_infer.spec import CLASS_NAMES  # noqa: E402
+
+PLOTS: dict[str, str] = {
+    "latency": "latency.png",
+    "accuracy_vs_size": "accuracy_vs_size.png",
+    "confusion_matrices": "confusion_matrices.png",
+    "reliability": "reliability.png",
+}
+DPI = 120
+
+
+def _save(figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+def plot_latency(results: dict, path: Path) -> None:
+    """Single-image p50 (bars) and p90 (whiskers), end to end and model only, per thread count."""
+    latency = results["latency"]
+    rows = list(latency["rows"])
+    figure, axes = plt.subplots(1, len(latency["threads"]), squeeze=False,
+                                figsize=(6 * len(latency["threads"]), 0.5 * len(rows) + 2))
+    for ax, threads in zip(axes[0], (str(t) for t in latency["threads"])):
+        for offset, kind, label in ((-0.2, "end_to_end_ms", "end to end"),
+                                    (0.2, "model_only_ms", "model only")):
+            stats = [latency["rows"][row]["by_threads"][threads][kind] for row in rows]
+            p50 = [s["p50"] for s in stats]
+            whisker = [[0] * len(stats), [s["p90"] - s["p50"] for s in stats]]
+            ax.barh([i + offset for i in range(len(rows))], p50, height=0.4, xerr=whisker,
+                    capsize=3, label=f"{label} (p50, whisker p90)")
+        ax.set_yticks(range(len(rows)), rows)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.set_xlabel("milliseconds per image (log scale)")
+        ax.set_title(f"Single-image latency, {threads} thread{'' if threads == '1' else 's'}")
+        ax.legend(loc="lower right", fontsize=8)
+    _save(figure, path)
+
+
+def plot_accuracy_vs_size(results: dict, path: Path) -> None:
+    """Test accuracy (95 % bootstrap interval) against model file size."""
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    for name, info in results["variants"].items():
+        accuracy = info["accuracy"]["accuracy"]
+        low, high = info["accuracy"]["intervals_95"]["accuracy"]
+        size = info["bytes"] / 1e6
+        ax.errorbar(size, accuracy, yerr=[[accuracy - low], [high - accuracy]], fmt="o",
+                    capsize=4, label=f"{name} ({size:.1f} MB)")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel("model file size (MB)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy vs size (bars: 95 % bootstrap interval)")
+    _save(figure, path)
+
+
+def plot_confusion_matrices(results: dict, path: Path) -> None:
+    """One test-split confusion matrix (argmax) per variant."""
+    names = list(results["variants"])
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure, axes = plt.subplots(rows, columns, squeeze=False,
+                                figsize=(3.6 * columns, 3.4 * rows))
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        matrix = results["variants"][name]["accuracy"]["confusion_matrix"]
+        ax.imshow(matrix, cmap="Blues")
+        dark = max(max(row) for row in matrix) / 2
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=9,
+                        color="white" if count > dark else "black")
+        ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=8)
+        ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES, fontsize=8)
+        ax.set_xlabel("predicted (argmax)", fontsize=8)
+        ax.set_ylabel("true", fontsize=8)
+        ax.set_title(name, fontsize=10)
+    _save(figure, path)
+
+
+def plot_reliability(results: dict, path: Path) -> None:
+    """Reliability diagram: accuracy against mean top-label confidence per bin."""
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    for name, info in results["variants"].items():
+        bins = [b for b in info["accuracy"]["reliability"] if b["n"]]
+        ece = info["accuracy"]["expected_calibration_error"]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-",
+                markersize=4, label=f"{name} (ECE {ece:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean confidence (top label)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability on the test split")
+    ax.legend(fontsize=7)
+    _save(figure, path)
+
+
+def make_plots(results: dict, out: Path) -> dict[str, str]:
+    """Draw every figure into out; returns figure name -> file name."""
+    plot_latency(results, out / PLOTS["latency"])
+    plot_accuracy_vs_size(results, out / PLOTS["accuracy_vs_size"])
+    plot_confusion_matrices(results, out / PLOTS["confusion_matrices"])
+    plot_reliability(results, out / PLOTS["reliability"])
+    return dict(PLOTS)

@@ -1,0 +1,316 @@
+"""Write a run's results: `latest.json` (everything) and `latest.md` (what a person reads)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from edge_infer.spec import CLASS_NAMES
+
+JSON_NAME = "latest.json"
+MARKDOWN_NAME = "latest.md"
+HEADINGS: tuple[str, ...] = (
+    "## Headline: int8 vs Keras",
+    "## Targets",
+    "## Accuracy on the test split",
+    "## Per-class precision / recall / F1",
+    "## Confusion matrices",
+    "## Single-image latency and throughput",
+    "## Cold start, memory and size",
+    "## Calibration",
+    "## ONNX Runtime",
+    "## Method",
+    "## Machine",
+)
+KERAS_PREDICT, KERAS_TF_FUNCTION, INT8 = "keras (predict)", "keras (tf.function)", "tflite-int8"
+
+
+def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _with_interval(accuracy: dict, key: str, interval: str) -> str:
+    low, high = accuracy["intervals_95"][interval]
+    return f"{accuracy[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _plural(threads: str) -> str:
+    return f"{threads} thread" + ("" if threads == "1" else "s")
+
+
+def _stat(results: dict, row: str, threads: str, kind: str, stat: str = "p50") -> float | None:
+    measured = results["latency"]["rows"].get(row, {}).get("by_threads", {}).get(threads)
+    if not measured:
+        return None
+    return measured[kind] if kind.startswith("throughput") else measured[kind][stat]
+
+
+def _ratio(a: float | None, b: float | None, digits: int = 1) -> str:
+    return _num(a / b, digits, "×") if a and b else "—"
+
+
+def headline(results: dict) -> list[str]:
+    """The int8-vs-Keras table a reader sees first."""
+    variants = results["variants"]
+    keras, int8 = variants.get("keras", {}), variants.get(INT8)
+    if int8 is None:
+        return [HEADINGS[0], "", "No int8 model in the manifest for this architecture.", ""]
+    rows = []
+    for threads in (str(t) for t in results["latency"]["threads"]):
+        for kind, label, digits in (("end_to_end_ms", "End-to-end latency p50 (ms)", 1),
+                                    ("model_only_ms", "Model-only latency p50 (ms)", 1),
+                                    ("throughput_images_per_s", "Throughput (images/s)", 1)):
+            predict, function, mine = (_stat(results, row, threads, kind)
+                                       for row in (KERAS_PREDICT, KERAS_TF_FUNCTION, INT8))
+            faster = kind.startswith("throughput")
+            rows.append([f"{label}, {_plural(threads)}", _num(predict, digits),
+                         _num(function, digits), _num(mine, digits),
+                         _ratio(mine, predict) if faster else _ratio(predict, mine),
+                         _ratio(mine, function) if faster else _ratio(function, mine)])
+    cold, keras_cold = int8["cold_start"], keras["cold_start"]
+    rows += [
+        ["Cold start: spawn → first result (s)", _num(keras_cold["seconds"], 2), "",
+         _num(cold["seconds"], 2), _ratio(keras_cold["seconds"], cold["seconds"]), ""],
+        ["Process peak RSS (MiB)", _num(keras_cold["peak_rss_mib"], 0), "",
+         _num(cold["peak_rss_mib"], 0), _ratio(keras_cold["peak_rss_mib"], cold["peak_rss_mib"]),
+         ""],
+        ["Model file (MB)", _num(keras["bytes"] / 1e6, 1), "", _num(int8["bytes"] / 1e6, 1),
+         _ratio(keras["bytes"], int8["bytes"]), ""],
+    ]
+    for key, label in (("accuracy", "Test accuracy"), ("macro_f1", "Macro-F1"),
+                       ("malignant_recall_at_threshold", "Malignant recall at T")):
+        a, b = keras["accuracy"][key], int8["accuracy"][key]
+        rows.append([label, f"{a:.3f}", "", f"{b:.3f}", f"{(b - a) * 100:+.1f} points", ""])
+    return [HEADINGS[0], "",
+            "Ratios: how many times faster / smaller / lighter the int8 model is than Keras, "
+            "measured in this run (accuracy rows: int8 minus Keras).", "",
+            *_table(["", "Keras predict", "Keras tf.function", "TFLite int8",
+                     "int8 vs Keras predict", "int8 vs Keras tf.function"], rows)]
+
+
+def targets_section(results: dict) -> list[str]:
+    """Every target of the issue with its measured value, met or not."""
+    verdict = {True: "✅ met", False: "❌ not met", None: "— not measured"}
+    rows = [[t["name"], t["goal"], _num(t["value"], 2, f" {t['unit']}"), verdict[t["met"]]]
+            for t in results["targets"]]
+    counts = {v: sum(t["met"] is v for t in results["targets"]) for v in (True, False, None)}
+    summary = f"{counts[True]} of {len(results['targets'])} met, {counts[False]} not met"
+    summary += f", {counts[None]} not measured." if counts[None] else "."
+    return [HEADINGS[1], "", summary, "",
+            *_table(["Target", "Goal", "Measured", "Verdict"], rows)]
+
+
+def accuracy_section(results: dict) -> list[str]:
+    """Headline metrics of every variant, with bootstrap intervals."""
+    rows = []
+    for name, info in results["variants"].items():
+        acc = info["accuracy"]
+        diff = acc["accuracy_minus_keras"]
+        low, high = diff["interval_95"]
+        rows.append([name, _with_interval(acc, "accuracy", "accuracy"),
+                     f"{acc['balanced_accuracy']:.3f}",
+                     _with_interval(acc, "macro_f1", "macro_f1"),
+                     _with_interval(acc, "malignant_recall_at_threshold", "malignant_recall"),
+                     f"{acc['malignant_specificity_at_threshold']:.3f}",
+                     f"{info['threshold']:.3f}", _num(acc.get("roc_auc_ovr"), 3),
+                     f"{acc['expected_calibration_error']:.3f}",
+                     f"{acc['keras_agreement']['agreement']:.3f}",
+                     f"{diff['value'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]"])
+    data = results["data"]
+    counts = ", ".join(f"{n} {c}" for c, n in data["class_counts"].items())
+    return [HEADINGS[2], "",
+            f"{data['test_images']} test images ({counts}). Brackets: 95 % bootstrap interval "
+            f"({results['settings']['resamples']} resamples, seed 0). Malignant recall and "
+            "specificity at the variant's validated threshold T (called malignant if argmax "
+            "or P(malignant) ≥ T). Agreement: top-1 agreement with Keras. Δ: accuracy minus "
+            "Keras's in points, paired bootstrap.", "",
+            *_table(["Variant", "Accuracy", "Balanced acc.", "Macro-F1", "Malignant recall @T",
+                     "Specificity @T", "T", "ROC-AUC (OvR)", "ECE", "Agreement",
+                     "Δ acc. vs Keras"], rows)]
+
+
+def per_class_section(results: dict) -> list[str]:
+    """Precision / recall / F1 of each class for every variant."""
+    rows = [[name] + [" / ".join(f"{info['accuracy']['per_class'][c][k]:.2f}"
+                                 for k in ("precision", "recall", "f1")) for c in CLASS_NAMES]
+            for name, info in results["variants"].items()]
+    return [HEADINGS[3], "", *_table(["Variant"] + [f"{c} P / R / F1" for c in CLASS_NAMES],
+                                     rows)]
+
+
+def confusion_section(results: dict) -> list[str]:
+    """Each variant's argmax confusion matrix (rows true, columns predicted)."""
+    lines = [HEADINGS[4], "", f"Rows: true class; columns: predicted (argmax), in the order "
+             f"{', '.join(CLASS_NAMES)}.", "", "```text"]
+    for name, info in results["variants"].items():
+        matrix = info["accuracy"]["confusion_matrix"]
+        lines.append(f"{name:16s} " + "   ".join(" ".join(f"{v:3d}" for v in row)
+                                                 for row in matrix))
+    return lines + ["```", "", f"![confusion matrices]({results['plots']['confusion_matrices']})",
+                    ""]
+
+
+def latency_section(results: dict) -> list[str]:
+    """p50/p90/p99 end to end and model only, throughput and ratios, per thread count."""
+    lines = [HEADINGS[5], "",
+             "End to end: read the file, decode, preprocess, run, decide (one image, cycling "
+             "through the test files). Model only: the runtime call on a preprocessed image. "
+             f"{results['settings']['runs']} timed runs after {results['settings']['warmup']} "
+             "warm-up runs, each variant and thread count in its own fresh process. "
+             "Throughput: every test image from preprocessed arrays (Keras and ONNX Runtime in "
+             "batches of 32, TFLite one image per invoke). ×: Keras p50 / variant p50, end to "
+             "end.", ""]
+    for threads in (str(t) for t in results["latency"]["threads"]):
+        rows = []
+        for row in results["latency"]["rows"]:
+            cells = []
+            for kind in ("end_to_end_ms", "model_only_ms"):
+                cells.append(" / ".join(_num(_stat(results, row, threads, kind, s), 1)
+                                        for s in ("p50", "p90", "p99")))
+            e2e = _stat(results, row, threads, "end_to_end_ms")
+            rows.append([row, *cells,
+                         _num(_stat(results, row, threads, "throughput_images_per_s"), 1),
+                         _ratio(_stat(results, KERAS_PREDICT, threads, "end_to_end_ms"), e2e),
+                         _ratio(_stat(results, KERAS_TF_FUNCTION, threads, "end_to_end_ms"),
+                                e2e)])
+        lines += [f"### {_plural(threads)}", "",
+                  *_table(["Variant", "End to end p50 / p90 / p99 (ms)",
+                           "Model only p50 / p90 / p99 (ms)", "Throughput (images/s)",
+                           "× vs Keras predict", "× vs Keras tf.function"], rows)]
+    return lines + [f"![latency]({results['plots']['latency']})", ""]
+
+
+def resources_section(results: dict) -> list[str]:
+    """Cold start, peak RSS and file size of every variant, against Keras."""
+    rows = []
+    for name, info in results["variants"].items():
+        cold, ratios = info["cold_start"], results["ratios"]["resources"][name]
+        rows.append([name, _num(cold["seconds"], 2), _num(cold["peak_rss_mib"], 0),
+                     "yes" if cold["tensorflow_imported"] else "no",
+                     _num(info["bytes"] / 1e6, 2),
+                     _num(ratios["size_vs_keras"], 1, "×"),
+                     _num(ratios["cold_start_vs_keras"], 1, "×"),
+                     _num(ratios["peak_rss_vs_keras"], 1, "×")])
+    repeats = results["settings"]["cold_repeats"]
+    return [HEADINGS[6], "",
+            f"Cold start: a fresh Python process imports the runtime, loads the model and "
+            f"classifies one image file; seconds from spawn to its first result (median of "
+            f"{repeats}). TFLite variants take the edge runtime's path (`edge_infer.Classifier`). "
+            "Peak RSS: the child's own high-water mark (VmHWM; on Linux `getrusage` would report "
+            "the parent's peak across fork + exec).", "",
+            *_table(["Variant", "Cold start (s)", "Peak RSS (MiB)", "TensorFlow imported",
+                     "File (MB)", "× smaller than Keras", "× faster cold start",
+                     "× less memory"], rows),
+            f"![accuracy vs size]({results['plots']['accuracy_vs_size']})", ""]
+
+
+def calibration_section(results: dict) -> list[str]:
+    """Expected calibration error and the reliability diagram."""
+    eces = ", ".join(f"{name} {info['accuracy']['expected_calibration_error']:.3f}"
+                     for name, info in results["variants"].items())
+    return [HEADINGS[7], "",
+            f"Expected calibration error (top label, 10 equal-width bins): {eces}.", "",
+            f"![reliability diagram]({results['plots']['reliability']})", ""]
+
+
+def onnx_section(results: dict) -> list[str]:
+    """How the ONNX variants were made, and why any is missing."""
+    lines = [HEADINGS[8], ""]
+    fp32, int8 = results["onnx"].get("float32"), results["onnx"].get("int8")
+    if fp32:
+        extra = fp32["extra_inputs"]
+        lines.append(f"- **onnx-float32**: {fp32['route']}, opset {fp32['opset']}; leftover "
+                     f"graph inputs dropped: {', '.join(extra['dropped']) or 'none'}; frozen "
+                     f"into initializers: {', '.join(extra['frozen']) or 'none'}; max |Δp| vs "
+                     f"Keras on {fp32['check_images']} validation images "
+                     f"{fp32['max_abs_dprob_vs_keras']:.1e}.")
+    if int8:
+        lines.append(f"- **onnx-int8**: {int8['route']}, calibrated on "
+                     f"{int8['calibration_images']} validation images.")
+    lines += [f"- **{name}** not measured: {reason}"
+              for name, reason in results["skipped"].items() if name.startswith("onnx-")]
+    lines.append("- ONNX thresholds T are chosen on the validation split with "
+                 "`benchmarks.metrics.choose_threshold`, as the shipped models' were.")
+    return lines + [""]
+
+
+def method_section(results: dict) -> list[str]:
+    """What was measured and how, in a few lines."""
+    data = results["data"]
+    return [HEADINGS[9], "",
+            f"- Images: {data['test_images']} test images (and {data['val_images']} validation "
+            "images for the ONNX thresholds and int8 calibration) of the split manifest, "
+            "through the one shared preprocessing (`edge_infer.preprocess`).",
+            "- Metrics: `benchmarks/metrics.py`; agreement: `convert.verify.agreement`.",
+            "- Keras is timed two ways: `model.predict` on one image, and "
+            "`model(x, training=False)` inside a `tf.function`.",
+            "- TensorFlow, TFLite and ONNX Runtime are each limited to the stated thread count "
+            "(TensorFlow intra- and inter-op pools; ONNX Runtime intra-op, inter-op 1).",
+            f"- Command: `{results['command']}`; total time {results['duration_s']:.0f} s.", ""]
+
+
+def machine_section(results: dict) -> list[str]:
+    """The machine and package versions."""
+    machine = results["machine"]
+    rows = [["CPU", machine["cpu"]],
+            ["Cores (logical / usable)", f"{machine['cores_logical']} / {machine['cores_usable']}"],
+            ["Platform", machine["platform"]], ["Python", machine["python"]],
+            ["Load average at start (1/5/15 min)", _load(machine["load_average_1_5_15"])],
+            ["Load average at end", _load(machine.get("load_average_at_end"))]]
+    rows += [[name, version] for name, version in machine["packages"].items()]
+    return [HEADINGS[10], "", *_table(["", ""], rows)]
+
+
+def _load(values: list[float] | None) -> str:
+    return "—" if values is None else " / ".join(f"{v:.2f}" for v in values)
+
+
+def _preamble(results: dict) -> list[str]:
+    machine, data = results["machine"], results["data"]
+    lines = [f"# Benchmark: {results['arch']}, every variant against the Keras model", "",
+             f"{results['created']} · {machine['cpu']} ({machine['cores_usable']} usable cores) · "
+             f"Python {machine['python']} · {data['test_images']} test images · "
+             f"`{results['command']}`", ""]
+    if results["settings"]["quick"]:
+        lines += ["> **Quick run** (a few images and repeats): proves the benchmark works; "
+                  "its numbers mean little.", ""]
+    lines += [f"> **{name} not measured**: {reason}." for name, reason in
+              results["skipped"].items()] + ([""] if results["skipped"] else [])
+    load = (machine["load_average_1_5_15"] or [0])[0]
+    if machine["cores_usable"] and load > 0.5 * machine["cores_usable"]:
+        lines += [f"> The machine was busy when this run started (load average {load:.2f} on "
+                  f"{machine['cores_usable']} cores): latencies are pessimistic.", ""]
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """The whole report as Markdown."""
+    sections = (_preamble, headline, targets_section, accuracy_section, per_class_section,
+                confusion_section, latency_section, resources_section, calibration_section,
+                onnx_section, method_section, machine_section)
+    return "\n".join(line for section in sections for line in section(results))
+
+
+def _no_nan(value):
+    """NaN (an undefined metric) as JSON null, everywhere in a nested structure."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+def write_report(results: dict, out: Path) -> tuple[Path, Path]:
+    """Write latest.json and latest.md into out; returns their paths."""
+    json_path, md_path = out / JSON_NAME, out / MARKDOWN_NAME
+    json_path.write_text(json.dumps(_no_nan(results), indent=1, allow_nan=False) + "\n")
+    md_path.write_text(markdown(results))
+    return json_path, md_path

@@ -1,0 +1,275 @@
+"""The benchmark: its metric helpers on hand-computed cases, the ONNX input freezing, the
+target verdicts, and a `--quick` run of `python -m benchmarks` written into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.metrics import (
+    bootstrap_headline,
+    bootstrap_interval,
+    classification_metrics,
+    expected_calibration_error,
+    malignant_called,
+    reliability_bins,
+)
+from benchmarks.plots import PLOTS
+from benchmarks.report import HEADINGS, JSON_NAME, MARKDOWN_NAME
+from benchmarks.targets import check_targets
+from edge_infer.datasets import models_dir
+from edge_infer.manifest import MANIFEST_FILENAME, read_manifest
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+# --- expected calibration error -------------------------------------------------------------
+
+
+def test_ece_is_zero_when_confident_and_right() -> None:
+    probs = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    assert expected_calibration_error(np.array([0, 2]), probs) == 0.0
+
+
+def test_ece_one_bin_by_hand() -> None:
+    # Both at confidence 0.8 (bin [0.8, 0.9)), one right: |0.5 - 0.8| = 0.3.
+    probs = np.array([[0.8, 0.1, 0.1], [0.8, 0.1, 0.1]])
+    assert expected_calibration_error(np.array([0, 1]), probs) == pytest.approx(0.3)
+
+
+def test_ece_two_bins_by_hand() -> None:
+    # 0.9 right (|1 - 0.9| = 0.1) and 0.6 wrong (|0 - 0.6| = 0.6), one image each: 0.35.
+    probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.6, 0.2]])
+    assert expected_calibration_error(np.array([0, 2]), probs) == pytest.approx(0.35)
+
+
+def test_reliability_bins_count_every_image_once_and_close_the_last_bin() -> None:
+    probs = np.array([[1.0, 0.0, 0.0], [0.34, 0.33, 0.33], [0.5, 0.5, 0.0], [0.1, 0.2, 0.7]])
+    bins = reliability_bins(np.array([0, 0, 1, 2]), probs)
+    assert sum(b["n"] for b in bins) == 4
+    assert bins[-1]["n"] == 1 and bins[-1]["confidence"] == 1.0  # 1.0 falls in [0.9, 1.0]
+    assert bins[0]["n"] == 0 and bins[0]["accuracy"] is None
+    assert bins[5]["accuracy"] == 0.0  # the 0.5/0.5 tie: argmax is normal, truth benign
+
+
+def test_ece_renormalises_dequantized_probabilities() -> None:
+    # int8 outputs sum to 1 only within a few 1/256 steps; ECE must not depend on that.
+    probs = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1]])
+    labels = np.array([0, 0])
+    assert expected_calibration_error(labels, probs * 1.02) == pytest.approx(
+        expected_calibration_error(labels, probs))
+
+
+# --- bootstrap ------------------------------------------------------------------------------
+
+
+def test_bootstrap_of_a_constant_is_that_constant() -> None:
+    assert bootstrap_interval(lambda idx: 0.7, 10, n_resamples=50) == (0.7, 0.7)
+
+
+def test_bootstrap_interval_by_hand() -> None:
+    # Mean of 4 draws from [0, 0, 0, 1]: P(0) = (3/4)^4 = 0.32 > 2.5 %, so the low end is 0;
+    # P(mean >= 0.75) = 0.051 > 2.5 % but P(mean = 1) = 0.004 < 2.5 %, so the high end is 0.75.
+    data = np.array([0.0, 0.0, 0.0, 1.0])
+    assert bootstrap_interval(lambda idx: data[idx].mean(), 4) == (0.0, 0.75)
+
+
+def test_bootstrap_is_seeded_and_ignores_undefined_resamples() -> None:
+    data = np.arange(20, dtype=float)
+    mean = lambda idx: data[idx].mean()  # noqa: E731
+    assert bootstrap_interval(mean, 20, seed=3) == bootstrap_interval(mean, 20, seed=3)
+    undefined_if_first = lambda idx: math.nan if 0 in idx else data[idx].mean()  # noqa: E731
+    low, high = bootstrap_interval(undefined_if_first, 20, n_resamples=200)
+    assert 0 < low < high < 19
+
+
+def test_bootstrap_headline_brackets_the_point_estimates() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 20)
+    probs = rng.dirichlet([1, 1, 1], size=60) * 0.5 + np.eye(3)[labels] * 0.5
+    point = classification_metrics(labels, probs, threshold=0.3)
+    intervals = bootstrap_headline(labels, probs, 0.3, n_resamples=300)
+    for key, point_key in (("accuracy", "accuracy"), ("macro_f1", "macro_f1"),
+                           ("malignant_recall", "malignant_recall_at_threshold")):
+        low, high = intervals[key]
+        assert low <= point[point_key] <= high
+
+
+def test_malignant_called_by_argmax_or_threshold() -> None:
+    probs = np.array([[0.1, 0.2, 0.7], [0.5, 0.2, 0.3], [0.6, 0.3, 0.1]])
+    assert malignant_called(probs).tolist() == [True, False, False]
+    assert malignant_called(probs, threshold=0.3).tolist() == [True, True, False]
+
+
+# --- targets --------------------------------------------------------------------------------
+
+
+def _row(p50: float) -> dict:
+    stats = {"p50": p50, "p90": p50, "p99": p50}
+    return {"by_threads": {"1": {"end_to_end_ms": stats, "model_only_ms": stats,
+                                 "throughput_images_per_s": 1000 / p50}}}
+
+
+def test_target_verdicts_by_hand() -> None:
+    latency = {"threads": [1], "rows": {
+        "keras (predict)": _row(120.0), "keras (tf.function)": _row(30.0),
+        "tflite-float32": _row(14.0), "tflite-int8": _row(10.0), "onnx-int8": _row(9.0),
+        "onnx-float32": _row(20.0)}}
+    variants = {"keras": {"accuracy": {"accuracy": 0.900}},
+                "tflite-int8": {"accuracy": {"accuracy": 0.895},
+                                "cold_start": {"seconds": 0.3, "peak_rss_mib": 120.0}}}
+    verdicts = {t["name"]: (t["value"], t["met"]) for t in check_targets(variants, latency)}
+    assert verdicts["int8 end-to-end vs Keras predict (1 thread)"] == (12.0, True)
+    assert verdicts["int8 end-to-end vs TFLite float32 (1 thread)"] == (1.4, False)
+    assert verdicts["int8 end-to-end vs ONNX Runtime's fastest (1 thread)"] == (0.9, False)
+    assert verdicts["int8 cold start (spawn -> first result)"] == (0.3, True)
+    assert verdicts["int8 process peak RSS"] == (120.0, False)
+    value, met = verdicts["int8 test accuracy below Keras"]
+    assert value == pytest.approx(0.5) and met
+
+
+def test_targets_without_measurements_are_not_judged() -> None:
+    targets = check_targets({}, {"threads": [2], "rows": {}})
+    assert targets and all(t["met"] is None for t in targets)
+
+
+# --- ONNX: leftover Normalization inputs ----------------------------------------------------
+
+
+def test_freeze_extra_inputs_drops_unread_and_freezes_read_ones(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    keras = pytest.importorskip("keras")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from benchmarks.onnx_variant import freeze_extra_inputs
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Normalization(mean=[1.0, 2.0, 3.0],
+                                                           variance=[4.0, 9.0, 16.0],
+                                                           name="normalization")(inputs))
+    scope = "functional_1/normalization_1"
+
+    def tensor(name: str) -> object:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3])
+
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["image", f"{scope}/Sub/y:0"], ["out"])], "g",
+        [tensor("image"), tensor(f"{scope}/Sub/y:0"), tensor(f"{scope}/Sqrt/x:0")],
+        [tensor("out")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
+
+    done = freeze_extra_inputs(path, model)
+
+    assert done == {"dropped": [f"{scope}/Sqrt/x:0"], "frozen": [f"{scope}/Sub/y:0"]}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    out = session.run(None, {"image": np.zeros((1, 3), np.float32)})[0]
+    np.testing.assert_allclose(out, [[-1.0, -2.0, -3.0]])
+
+
+def test_an_unknown_extra_input_is_refused(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    keras = pytest.importorskip("keras")
+    from onnx import TensorProto, helper
+
+    from benchmarks.onnx_variant import OnnxUnavailable, freeze_extra_inputs
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3])
+             for n in ("image", "mystery:0", "out")]
+    graph = helper.make_graph([helper.make_node("Add", ["image", "mystery:0"], ["out"])], "g",
+                              value[:2], value[2:])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]), str(path))
+    with pytest.raises(OnnxUnavailable, match="mystery"):
+        freeze_extra_inputs(path, model)
+
+
+# --- a quick run, end to end ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, busi_root: Path) -> tuple[dict, Path]:
+    manifest_file = models_dir() / MANIFEST_FILENAME
+    manifest = read_manifest(manifest_file) if manifest_file.is_file() else {"models": {}}
+    keras_entry = manifest["models"].get(f"{manifest.get('default_arch')}/keras")
+    if not keras_entry or not (models_dir() / keras_entry["file"]).is_file():
+        pytest.skip(f"no trained Keras model in {models_dir()} (set EDGE_INFER_MODELS)")
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out),
+                           "--busi-dir", str(busi_root)],
+                          cwd=PROJECT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / JSON_NAME).read_text()), out
+
+
+ACCURACY_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class",
+                 "confusion_matrix", "threshold", "malignant_recall_at_threshold",
+                 "malignant_specificity_at_threshold", "roc_auc_ovr",
+                 "expected_calibration_error", "reliability", "intervals_95",
+                 "keras_agreement", "accuracy_minus_keras")
+LATENCY_KEYS = ("end_to_end_ms", "model_only_ms", "throughput_images_per_s")
+
+
+def test_quick_run_measures_every_variant(quick_run: tuple[dict, Path]) -> None:
+    results, _ = quick_run
+    arch_models = read_manifest(models_dir() / MANIFEST_FILENAME)["models"]
+    expected = ["keras", "onnx-float32", "onnx-int8"] + [
+        f"tflite-{v}" for v in ("float32", "float16", "int8")
+        if f"{results['arch']}/{v}" in arch_models]
+    for name in expected:  # measured, or missing with a reason in the report
+        assert name in results["variants"] or results["skipped"].get(name), name
+    for name, info in results["variants"].items():
+        assert {"runtime", "precision", "file", "bytes", "threshold", "threshold_source",
+                "accuracy", "cold_start", "test_probs"} <= set(info), name
+        assert set(ACCURACY_KEYS) <= set(info["accuracy"]), name
+        assert set(info["accuracy"]["intervals_95"]) == {"accuracy", "macro_f1",
+                                                         "malignant_recall"}
+        assert info["cold_start"]["seconds"] > 0 and info["cold_start"]["peak_rss_mib"] > 0
+    rows = results["latency"]["rows"]
+    assert {"keras (predict)", "keras (tf.function)"} <= set(rows)
+    assert set(results["variants"]) - {"keras"} <= set(rows)
+    for row in rows.values():
+        for threads in results["latency"]["threads"]:
+            measured = row["by_threads"][str(threads)]
+            assert set(LATENCY_KEYS) <= set(measured)
+            assert {"p50", "p90", "p99"} <= set(measured["end_to_end_ms"])
+    assert len(results["targets"]) == 3 * len(results["latency"]["threads"]) + 3
+
+
+def test_quick_run_int8_path_has_no_tensorflow(quick_run: tuple[dict, Path]) -> None:
+    variants = quick_run[0]["variants"]
+    if "tflite-int8" not in variants:
+        pytest.skip("no int8 model in the manifest")
+    int8, keras = variants["tflite-int8"]["cold_start"], variants["keras"]["cold_start"]
+    assert not int8["tensorflow_imported"] and keras["tensorflow_imported"]
+    assert int8["peak_rss_mib"] < keras["peak_rss_mib"]  # the child's own peak, not the parent's
+
+
+def test_quick_run_records_the_machine(quick_run: tuple[dict, Path]) -> None:
+    machine = quick_run[0]["machine"]
+    assert machine["cpu"] and machine["cores_logical"] >= 1 and machine["python"]
+    assert {"numpy", "keras", "ai-edge-litert", "onnxruntime"} <= set(machine["packages"])
+    assert {"tensorflow", "tensorflow-cpu"} & set(machine["packages"])
+
+
+def test_quick_run_report_has_every_section_and_plot(quick_run: tuple[dict, Path]) -> None:
+    results, out = quick_run
+    text = (out / MARKDOWN_NAME).read_text()
+    for heading in HEADINGS:
+        assert f"\n{heading}\n" in text, heading
+    assert results["plots"] == PLOTS
+    for name in PLOTS.values():
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 1000, name
+        assert f"]({name})" in text, name
