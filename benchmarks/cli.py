@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edge_infer.datasets import models_dir, resolve_busi_dir
+from edge_infer.datasets import EXTERNAL_ENV, models_dir, resolve_busi_dir, resolve_external_dir
 from edge_infer.manifest import ModelError
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports"
@@ -35,12 +35,15 @@ def _threads(value: str | None) -> tuple[int, ...] | None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True, help="Folder for latest.md, latest.json and the plots.")
 @click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
+@click.option("--external-dir", type=click.Path(file_okay=False),
+              help=f"External test set BrEaST-Lesions_USG (or ${EXTERNAL_ENV}; default "
+                   "../shared/datasets/breast_lesions_usg); its section is skipped if absent.")
 @click.option("--threads", "threads_text", default=None,
               help="Comma-separated thread counts to time (default 1,2).")
 @click.option("--runs", type=click.IntRange(1), default=None,
               help="Timed runs per latency figure (default 200; 5 with --quick).")
 def main(arch: str | None, quick: bool, out: Path, busi_dir: str | None,
-         threads_text: str | None, runs: int | None) -> None:
+         external_dir: str | None, threads_text: str | None, runs: int | None) -> None:
     """Run the benchmark and write the report."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from benchmarks.plots import make_plots
@@ -49,9 +52,16 @@ def main(arch: str | None, quick: bool, out: Path, busi_dir: str | None,
 
     settings = (QUICK if quick else FULL).with_overrides(_threads(threads_text), runs)
     command = " ".join(["python -m benchmarks", shlex.join(sys.argv[1:])]).strip()
+    external, external_missing = None, ""
+    try:
+        external = resolve_external_dir(external_dir)
+    except FileNotFoundError as err:
+        external_missing = str(err)
+        click.echo(f"note: {err}: the report skips the external-hospital section", err=True)
     try:
         root = resolve_busi_dir(busi_dir)
-        results = run_benchmark(settings, arch, root, models_dir(), command)
+        results = run_benchmark(settings, arch, root, models_dir(), command, external,
+                                external_missing)
     except (ModelError, FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ Training, conversion, benchmarks and `edge-infer evaluate` all report through th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -15,9 +16,12 @@ from sklearn.metrics import (
     f1_score,
     precision_recall_fscore_support,
     roc_auc_score,
+    roc_curve,
 )
 
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
+
+NORMAL_INDEX = CLASS_NAMES.index("normal")
 
 TARGET_MALIGNANT_RECALL = 0.95
 CALIBRATION_BINS = 10
@@ -94,12 +98,37 @@ def classification_metrics(
         normalised = probs / probs.sum(axis=1, keepdims=True)
         result["roc_auc_ovr"] = float(roc_auc_score(y_true, normalised, multi_class="ovr",
                                                     labels=labels))
-    lesion = y_true != CLASS_NAMES.index("normal")
-    if len(np.unique(y_true[lesion])) == 2:
-        result["auc_benign_vs_malignant"] = float(
-            roc_auc_score(y_true[lesion] == MALIGNANT_INDEX, probs[lesion, MALIGNANT_INDEX])
-        )
+    auc = auc_benign_vs_malignant(y_true, probs[:, MALIGNANT_INDEX])
+    if not np.isnan(auc):
+        result["auc_benign_vs_malignant"] = auc
     return result
+
+
+def _lesions(y_true: np.ndarray, prob_malignant: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(is malignant, prob_malignant) of the benign and malignant images (normals left out)."""
+    y_true = np.asarray(y_true)
+    lesion = y_true != NORMAL_INDEX
+    return y_true[lesion] == MALIGNANT_INDEX, np.asarray(prob_malignant)[lesion]
+
+
+def auc_benign_vs_malignant(y_true: np.ndarray, prob_malignant: np.ndarray) -> float:
+    """ROC-AUC of prob_malignant, malignant against benign (normals left out); NaN unless
+    both benign and malignant images are present."""
+    malignant, scores = _lesions(y_true, prob_malignant)
+    if malignant.all() or not malignant.any():
+        return float("nan")
+    return float(roc_auc_score(malignant, scores))
+
+
+def roc_benign_vs_malignant(y_true: np.ndarray, prob_malignant: np.ndarray) -> dict | None:
+    """The ROC curve behind `auc_benign_vs_malignant`: false- and true-positive rates at each
+    threshold on prob_malignant (None unless benign and malignant images are both present)."""
+    malignant, scores = _lesions(y_true, prob_malignant)
+    if malignant.all() or not malignant.any():
+        return None
+    fpr, tpr, thresholds = roc_curve(malignant, scores)
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
+            "thresholds": np.minimum(thresholds, 1.0).tolist()}  # sklearn's first is +inf
 
 
 def reliability_bins(y_true: np.ndarray, probs: np.ndarray,
@@ -159,10 +188,50 @@ def headline_statistics(y_true: np.ndarray, probs: np.ndarray,
     }
 
 
+def malignant_statistics(y_true: np.ndarray, probs: np.ndarray,
+                         threshold: float | None) -> dict[str, Callable[[np.ndarray], float]]:
+    """Malignant recall (sensitivity) and specificity of the malignant calls (argmax, or at T
+    if given), and the benign-vs-malignant AUROC, as functions of resample indices."""
+    y_true = np.asarray(y_true)
+    called = malignant_called(probs, threshold)
+    prob_malignant = np.asarray(probs, dtype=np.float64)[:, MALIGNANT_INDEX]
+    return {
+        "malignant_recall": lambda idx: malignant_recall_specificity(y_true[idx],
+                                                                     called[idx])[0],
+        "malignant_specificity": lambda idx: malignant_recall_specificity(y_true[idx],
+                                                                          called[idx])[1],
+        "auc_benign_vs_malignant": lambda idx: auc_benign_vs_malignant(y_true[idx],
+                                                                       prob_malignant[idx]),
+    }
+
+
+def evaluation_statistics(y_true: np.ndarray, probs: np.ndarray,
+                          threshold: float | None) -> dict[str, Callable[[np.ndarray], float]]:
+    """The headline statistics plus balanced accuracy, malignant specificity and the
+    benign-vs-malignant AUROC (what `edge-infer evaluate` gives intervals for)."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(probs).argmax(axis=1)
+
+    def balanced(idx: np.ndarray) -> float:
+        with warnings.catch_warnings():  # a resample may predict a class it does not hold
+            warnings.simplefilter("ignore", UserWarning)
+            return float(balanced_accuracy_score(y_true[idx], y_pred[idx]))
+
+    return {**headline_statistics(y_true, probs, threshold), "balanced_accuracy": balanced,
+            **malignant_statistics(y_true, probs, threshold)}
+
+
+def bootstrap_statistics(statistics: dict[str, Callable[[np.ndarray], float]], n: int,
+                         n_resamples: int = BOOTSTRAP_RESAMPLES,
+                         seed: int = BOOTSTRAP_SEED) -> dict[str, list[float]]:
+    """95 % bootstrap intervals [low, high] of each statistic, all on the same resamples."""
+    return {name: list(bootstrap_interval(statistic, n, n_resamples, seed=seed))
+            for name, statistic in statistics.items()}
+
+
 def bootstrap_headline(y_true: np.ndarray, probs: np.ndarray, threshold: float | None,
                        n_resamples: int = BOOTSTRAP_RESAMPLES,
                        seed: int = BOOTSTRAP_SEED) -> dict[str, list[float]]:
     """95 % bootstrap intervals [low, high] of accuracy, macro-F1 and malignant recall."""
-    n = len(y_true)
-    return {name: list(bootstrap_interval(statistic, n, n_resamples, seed=seed))
-            for name, statistic in headline_statistics(y_true, probs, threshold).items()}
+    return bootstrap_statistics(headline_statistics(y_true, probs, threshold), len(y_true),
+                                n_resamples, seed)

@@ -16,6 +16,7 @@ HEADINGS: tuple[str, ...] = (
     "## Accuracy on the test split",
     "## Per-class precision / recall / F1",
     "## Confusion matrices",
+    "## External hospital (BrEaST-Lesions_USG)",
     "## Single-image latency and throughput",
     "## Cold start, memory and size",
     "## Calibration",
@@ -156,9 +157,78 @@ def confusion_section(results: dict) -> list[str]:
                     ""]
 
 
+def _figure(figures: dict, rule: str | None, key: str) -> str:
+    """'0.812 [0.750, 0.870]' of one external-section figure, '—' if undefined."""
+    if rule is None:
+        value, (low, high) = figures[key]["value"], figures[key]["interval_95"]
+    elif figures[rule] is None:
+        return "—"
+    else:
+        value, (low, high) = figures[rule][key], figures[rule]["intervals_95"][key]
+    if value is None or math.isnan(value):
+        return "—"
+    interval = "" if low is None or math.isnan(low) else f" [{low:.3f}, {high:.3f}]"
+    return f"{value:.3f}{interval}"
+
+
+EXTERNAL_COLUMNS: tuple[tuple[str | None, str], ...] = (
+    (None, "auc_benign_vs_malignant"), ("argmax", "sensitivity"), ("argmax", "specificity"),
+    ("high_sensitivity", "sensitivity"), ("high_sensitivity", "specificity"))
+
+
+def _drop(busi: dict, external: dict, rule: str | None, key: str) -> str:
+    """External minus BUSI test, in points."""
+    def value(figures: dict) -> float | None:
+        if rule is None:
+            return figures[key]["value"]
+        return None if figures[rule] is None else figures[rule][key]
+    a, b = value(busi), value(external)
+    if a is None or b is None or math.isnan(a) or math.isnan(b):
+        return "—"
+    return f"{(b - a) * 100:+.1f} points"
+
+
+def external_section(results: dict) -> list[str]:
+    """Benign-vs-malignant figures on another hospital's images beside the BUSI test split."""
+    external = results.get("external") or {"skipped": "this run has no external-set results"}
+    if "skipped" in external:
+        return [HEADINGS[5], "", f"Skipped: {external['skipped']}.", ""]
+    rows = []
+    for name, info in external["variants"].items():
+        busi, ext = info["busi_test"], info["external"]
+        for label, figures in (("BUSI test", busi), ("External", ext)):
+            counts = figures["class_counts"]
+            rows.append([name, label, " / ".join(str(counts[c]) for c in CLASS_NAMES),
+                         *(_figure(figures, rule, key) for rule, key in EXTERNAL_COLUMNS[:3]),
+                         f"{info['threshold']:.3f}",
+                         *(_figure(figures, rule, key) for rule, key in EXTERNAL_COLUMNS[3:])])
+        rows.append(["", "**Δ external − BUSI**", "",
+                     *(_drop(busi, ext, rule, key) for rule, key in EXTERNAL_COLUMNS[:3]), "",
+                     *(_drop(busi, ext, rule, key) for rule, key in EXTERNAL_COLUMNS[3:])])
+    counts = ", ".join(f"{n} {c}" for c, n in external["class_counts"].items())
+    subset = ("" if external["stride"] == 1 else
+              f", every {external['stride']}th of labels.csv (a quick run),")
+    resamples = results["settings"]["resamples"]
+    return [HEADINGS[5], "",
+            f"{external['name']}: {external['n']} images ({counts}){subset} from another "
+            "hospital and other scanners than BUSI, tested as shipped: nothing is trained, "
+            "calibrated or chosen on it, and each model keeps the threshold T validated on "
+            "BUSI (manifest). Source: " + external["citation"] + ".", "",
+            "AUROC: P(malignant), malignant against benign images (normals left out). "
+            "Sensitivity: malignant images called malignant; specificity: all other images "
+            "(normals included) not called malignant; by argmax, and in high-sensitivity mode "
+            "(malignant when argmax or P(malignant) ≥ T). Brackets: 95 % bootstrap interval "
+            f"({resamples} resamples, seed 0). The int8 row is what `edge-infer evaluate "
+            "--labels labels.csv --mode high-sensitivity` prints for the same images.", "",
+            *_table(["Variant", "Images", "Normal / benign / malignant",
+                     "AUROC benign vs malignant",
+                     "Sensitivity (argmax)", "Specificity (argmax)", "T", "Sensitivity @T",
+                     "Specificity @T"], rows)]
+
+
 def latency_section(results: dict) -> list[str]:
     """p50/p90/p99 end to end and model only, throughput and ratios, per thread count."""
-    lines = [HEADINGS[5], "",
+    lines = [HEADINGS[6], "",
              "End to end: read the file, decode, preprocess, run, decide (one image, cycling "
              "through the test files). Model only: the runtime call on a preprocessed image. "
              f"{results['settings']['runs']} timed runs after {results['settings']['warmup']} "
@@ -198,7 +268,7 @@ def resources_section(results: dict) -> list[str]:
                      _num(ratios["cold_start_vs_keras"], 1, "×"),
                      _num(ratios["peak_rss_vs_keras"], 1, "×")])
     repeats = results["settings"]["cold_repeats"]
-    return [HEADINGS[6], "",
+    return [HEADINGS[7], "",
             f"Cold start: a fresh Python process imports the runtime, loads the model and "
             f"classifies one image file; seconds from spawn to its first result (median of "
             f"{repeats}). TFLite variants take the edge runtime's path (`edge_infer.Classifier`). "
@@ -214,14 +284,14 @@ def calibration_section(results: dict) -> list[str]:
     """Expected calibration error and the reliability diagram."""
     eces = ", ".join(f"{name} {info['accuracy']['expected_calibration_error']:.3f}"
                      for name, info in results["variants"].items())
-    return [HEADINGS[7], "",
+    return [HEADINGS[8], "",
             f"Expected calibration error (top label, 10 equal-width bins): {eces}.", "",
             f"![reliability diagram]({results['plots']['reliability']})", ""]
 
 
 def onnx_section(results: dict) -> list[str]:
     """How the ONNX variants were made, and why any is missing."""
-    lines = [HEADINGS[8], ""]
+    lines = [HEADINGS[9], ""]
     fp32, int8 = results["onnx"].get("float32"), results["onnx"].get("int8")
     if fp32:
         extra = fp32["extra_inputs"]
@@ -243,7 +313,7 @@ def onnx_section(results: dict) -> list[str]:
 def method_section(results: dict) -> list[str]:
     """What was measured and how, in a few lines."""
     data = results["data"]
-    return [HEADINGS[9], "",
+    return [HEADINGS[10], "",
             f"- Images: {data['test_images']} test images (and {data['val_images']} validation "
             "images for the ONNX thresholds and int8 calibration) of the split manifest, "
             "through the one shared preprocessing (`edge_infer.preprocess`).",
@@ -264,7 +334,7 @@ def machine_section(results: dict) -> list[str]:
             ["Load average at start (1/5/15 min)", _load(machine["load_average_1_5_15"])],
             ["Load average at end", _load(machine.get("load_average_at_end"))]]
     rows += [[name, version] for name, version in machine["packages"].items()]
-    return [HEADINGS[10], "", *_table(["", ""], rows)]
+    return [HEADINGS[11], "", *_table(["", ""], rows)]
 
 
 def _load(values: list[float] | None) -> str:
@@ -292,25 +362,25 @@ def _preamble(results: dict) -> list[str]:
 def markdown(results: dict) -> str:
     """The whole report as Markdown."""
     sections = (_preamble, headline, targets_section, accuracy_section, per_class_section,
-                confusion_section, latency_section, resources_section, calibration_section,
-                onnx_section, method_section, machine_section)
+                confusion_section, external_section, latency_section, resources_section,
+                calibration_section, onnx_section, method_section, machine_section)
     return "\n".join(line for section in sections for line in section(results))
 
 
-def _no_nan(value):
+def json_ready(value):
     """NaN (an undefined metric) as JSON null, everywhere in a nested structure."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
     return value
 
 
 def write_report(results: dict, out: Path) -> tuple[Path, Path]:
     """Write latest.json and latest.md into out; returns their paths."""
     json_path, md_path = out / JSON_NAME, out / MARKDOWN_NAME
-    json_path.write_text(json.dumps(_no_nan(results), indent=1, allow_nan=False) + "\n")
+    json_path.write_text(json.dumps(json_ready(results), indent=1, allow_nan=False) + "\n")
     md_path.write_text(markdown(results))
     return json_path, md_path

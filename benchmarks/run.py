@@ -15,6 +15,8 @@ from tqdm import tqdm
 
 from benchmarks.accuracy import variant_accuracy
 from benchmarks.coldstart import measure_cold_start
+from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
+from benchmarks.external import external_results
 from benchmarks.latency import run_worker
 from benchmarks.machine import machine_info
 from benchmarks.metrics import choose_threshold
@@ -42,6 +44,7 @@ class Settings:
     resamples: int
     cold_repeats: int
     stride: int  # every stride-th image of the test and validation splits
+    external_stride: int  # every stride-th image of the external test set
     threads: tuple[int, ...] = (1, 2)
     accuracy_threads: int = 2
 
@@ -50,8 +53,10 @@ class Settings:
         return replace(self, threads=threads or self.threads, runs=runs or self.runs)
 
 
-FULL = Settings(quick=False, warmup=10, runs=200, resamples=1000, cold_repeats=3, stride=1)
-QUICK = Settings(quick=True, warmup=2, runs=5, resamples=100, cold_repeats=1, stride=10)
+FULL = Settings(quick=False, warmup=10, runs=200, resamples=1000, cold_repeats=3, stride=1,
+                external_stride=1)
+QUICK = Settings(quick=True, warmup=2, runs=5, resamples=100, cold_repeats=1, stride=10,
+                 external_stride=25)
 
 
 def manifest_variants(arch: str, manifest_file: Path) -> tuple[dict[str, VariantSpec], dict]:
@@ -132,8 +137,11 @@ def measure_latency(specs: dict[str, VariantSpec], settings: Settings, files: li
 
 
 def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path,
-                  command: str) -> dict:
-    """Measure everything and return the results (the content of latest.json, minus plots)."""
+                  command: str, external: Path | None = None,
+                  external_missing: str = "no external test set given") -> dict:
+    """Measure everything and return the results (the content of latest.json, minus plots).
+    `external`: the BrEaST-Lesions_USG folder (test only), or None to skip that section
+    (`external_missing` says why)."""
     import keras
 
     started = time.perf_counter()
@@ -143,17 +151,27 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
     if not arch:
         raise ValueError(f"{manifest_file} names no default architecture: pass --arch")
     specs, skipped = manifest_variants(arch, manifest_file)
-    progress = tqdm(total=3, desc="benchmark", unit="step", file=sys.stderr)
+    progress = tqdm(total=4, desc="benchmark", unit="step", file=sys.stderr)
     progress.set_postfix_str("images")
     data = load_data(root, models / SPLIT_FILENAME, settings.stride)
     test = data["test"]
     progress.update()
     progress.set_postfix_str("keras + tflite accuracy")
     model = keras.models.load_model(specs["keras"].path)
-    probs = {"keras": KerasRunner(specs["keras"], model=model).predict(test["images"])}
-    for name, spec in specs.items():
-        if spec.runtime == "tflite":
-            probs[name] = TFLiteRunner(spec, settings.accuracy_threads).predict(test["images"])
+    runners = {"keras": KerasRunner(specs["keras"], model=model)}
+    runners.update({name: TFLiteRunner(spec, settings.accuracy_threads)
+                    for name, spec in specs.items() if spec.runtime == "tflite"})
+    probs = {name: runner.predict(test["images"]) for name, runner in runners.items()}
+    progress.update()
+    progress.set_postfix_str("external hospital")
+    external_section = {"skipped": external_missing}
+    if external is not None:
+        chosen = [name for name in EXTERNAL_VARIANTS if name in runners]
+        external_section = external_results(
+            external, settings.external_stride,
+            {name: runners[name].predict for name in chosen},
+            {name: specs[name].threshold for name in chosen}, test["labels"], probs,
+            settings.resamples)
     progress.update()
     with tempfile.TemporaryDirectory(prefix="busi-bench-") as workdir:
         progress.set_postfix_str("onnx export + int8")
@@ -190,6 +208,7 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
                                                         for f in test["files"]],
                  "test_labels": test["labels"].tolist()},
         "variants": variants,
+        "external": external_section,
         "skipped": skipped,
         "onnx": onnx_notes,
         "latency": latency,

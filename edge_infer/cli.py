@@ -1,7 +1,11 @@
-"""`edge-infer`: classify breast-ultrasound images with the shipped TFLite model.
+"""`edge-infer`: classify breast-ultrasound images with the shipped TFLite model, or evaluate it
+on a labelled set of images.
 
-Exit codes: 0 every input classified; 1 the model could not be loaded; 2 usage error;
-3 some inputs could not be read (each named on stderr; the others are still classified).
+Exit codes: 0 every input classified (evaluated); 1 the model could not be loaded, or
+(evaluate) scikit-learn / matplotlib is missing or --json / --plots cannot be written; 2 usage
+error; 3 some inputs could not be read (each named on stderr; the others are still classified);
+4 (evaluate) some labels are not class names (each named on stderr; the other images are still
+evaluated; takes precedence over 3).
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import click
 from tqdm import tqdm
 
 from edge_infer.classifier import Classifier
 from edge_infer.decision import MODES
-from edge_infer.inputs import expand_inputs
+from edge_infer.inputs import expand_inputs, labelled_csv, labelled_folder
 from edge_infer.manifest import ModelError, read_manifest
 from edge_infer.preprocess import ImageError, decode_image, to_model_input
 from edge_infer.spec import CLASS_NAMES
@@ -25,6 +30,7 @@ from edge_infer.tflite_model import InterpreterMissing
 
 EXIT_MODEL = 1
 EXIT_UNREADABLE = 3
+EXIT_UNKNOWN_LABEL = 4
 PROGRESS_MIN_IMAGES = 10
 DEFAULT_THREADS = min(4, os.cpu_count() or 1)
 
@@ -43,9 +49,10 @@ def main() -> None:
     """Classify breast-ultrasound images as normal / benign / malignant on a CPU.
 
     \b
-      edge-infer IMAGE [IMAGE|DIR ...]   classify (the default command)
-      edge-infer info                    the shipped models and their validated figures
-      edge-infer serve                   the web app and JSON API (pip install ".[serve]")
+      edge-infer IMAGE [IMAGE|DIR ...]     classify (the default command)
+      edge-infer evaluate DIR|--labels CSV a model's figures on labelled images
+      edge-infer info                      the shipped models and their validated figures
+      edge-infer serve                     the web app and JSON API (pip install ".[serve]")
 
     A research tool, not a diagnosis. Run `edge-infer classify --help` for every option.
     """
@@ -170,6 +177,119 @@ def info(as_json: bool) -> None:
         click.echo(f"{key:<28} {entry['bytes'] / 1e6:6.1f} {entry['threshold']:6.3f} "
                    f"{figures.get('accuracy', float('nan')):8.3f} "
                    f"{'' if agreement is None else f'{agreement:6.3f}':>6}  {entry['file']}")
+
+
+def _load_evaluation(plots: bool):
+    """benchmarks.evaluate (and benchmarks.plots), or one line naming the [bench] extra and
+    exit code 1: scikit-learn and matplotlib are not part of the light runtime."""
+    try:
+        import sklearn  # noqa: F401
+
+        from benchmarks import evaluate
+        if plots:
+            import matplotlib  # noqa: F401
+    except ImportError as err:
+        needed = "scikit-learn and matplotlib" if plots else "scikit-learn"
+        click.echo(f"error: edge-infer evaluate needs {needed} ({err.name} is missing): "
+                   f"pip install \".[bench]\"", err=True)
+        sys.exit(EXIT_MODEL)
+    return evaluate
+
+
+@main.command()
+@click.argument("path", required=False, metavar="[DIR]",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--labels", "labels_file", metavar="CSV",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A CSV with file,label columns (files relative to the CSV), instead of DIR.")
+@click.option("--model", "model_name", default="int8", show_default=True,
+              help="As for classify: int8 | float16 | float32, a manifest key or a model file.")
+@click.option("--mode", type=click.Choice(MODES), default=None,
+              help="How malignant calls are made: argmax (default), or high-sensitivity "
+                   "(prob_malignant >= threshold).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              callback=_finite_threshold,
+              help="High-sensitivity threshold (implies that mode); default: the model's "
+                   "validated threshold.")
+@click.option("--threads", type=click.IntRange(1), default=DEFAULT_THREADS, show_default=True,
+              help="Interpreter threads.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every figure, per-image prediction and error to this JSON file.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write confusion_matrix.png, roc_curve.png and reliability.png here.")
+@click.option("--resamples", type=click.IntRange(10), default=1000, show_default=True,
+              help="Bootstrap resamples for the 95 % intervals (seed 0).")
+@click.option("--quiet", "-q", is_flag=True, help="No notes or progress bar; errors only.")
+def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode: str | None,
+             threshold: float | None, threads: int, json_file: Path | None,
+             plots_dir: Path | None, resamples: int, quiet: bool) -> None:
+    """A model's figures on labelled images: DIR holds a folder per class (normal/ benign/
+    malignant/, any subset; BUSI *_mask files skipped), or --labels CSV lists file,label.
+
+    Prints accuracy, balanced accuracy, per-class precision / recall, the confusion matrix,
+    malignant sensitivity and specificity, and the benign-vs-malignant ROC-AUC, with 95 %
+    bootstrap intervals. Needs the [bench] extra (scikit-learn; matplotlib for --plots).
+    Exit 3: some images could not be read; 4: some labels are not class names (each named on
+    stderr; everything else is still evaluated).
+    """
+    if (path is None) == (labels_file is None):
+        raise click.UsageError("give a folder of class folders (DIR) or --labels CSV, not both")
+    if mode == "argmax" and threshold is not None:
+        raise click.UsageError("--threshold applies to --mode high-sensitivity only")
+    mode = mode or ("high-sensitivity" if threshold is not None else "argmax")
+    evaluation = _load_evaluation(plots_dir is not None)
+    found = labelled_csv(labels_file) if labels_file else labelled_folder(path)
+    if not (found.items or found.unreadable or found.unlabelled):
+        raise click.UsageError(
+            f"{labels_file} lists no image (only BUSI masks)" if labels_file else
+            f"{path} holds no class folder ({', '.join(CLASS_NAMES)}); for a CSV of files "
+            "and labels use --labels")
+    classifier = load_classifier(model_name, threads)
+    threshold_source = None
+    if mode == "high-sensitivity":
+        threshold_source = "given" if threshold is not None else "the model's validated threshold"
+        threshold = classifier.threshold if threshold is None else threshold
+
+    def say(text: str) -> None:
+        if not quiet:
+            tqdm.write(text, file=sys.stderr)
+
+    for note in found.notes:
+        say(f"note: {note}")
+    predictions = evaluation.classify_labelled(
+        classifier, found.items, mode, threshold,
+        progress=not quiet and len(found.items) >= PROGRESS_MIN_IMAGES, say=say)
+    errors = [{"input": name, "reason": reason, "kind": kind}
+              for kind, failed in (("unreadable", found.unreadable + predictions.failures),
+                                   ("unknown_label", found.unlabelled))
+              for name, reason in failed]
+    for error in errors:
+        click.echo(f"error: {error['input']}: {error['reason']}", err=True)
+    code = (EXIT_UNKNOWN_LABEL if found.unlabelled else EXIT_UNREADABLE) if errors else 0
+    if not predictions.files:
+        click.echo("error: no image could be evaluated", err=True)
+        sys.exit(code or EXIT_UNREADABLE)
+    source = ({"kind": "labels", "path": str(labels_file)} if labels_file
+              else {"kind": "folder", "path": str(path)})
+    report = evaluation.build_report(classifier, predictions, mode, threshold, threshold_source,
+                                     source, errors, found.notes, resamples)
+    try:
+        if plots_dir is not None:
+            from benchmarks.plots import make_evaluation_plots
+
+            report["plots"] = {name: str(plots_dir / file) for name, file
+                               in make_evaluation_plots(report, plots_dir).items()}
+        click.echo("\n".join(evaluation.summary_lines(report)))
+        if json_file is not None:
+            from benchmarks.report import json_ready
+
+            json_file.write_text(json.dumps(json_ready(report), indent=1, allow_nan=False)
+                                 + "\n")
+    except OSError as err:
+        click.echo(f"error: cannot write {err.filename}: {err.strerror or err}", err=True)
+        sys.exit(EXIT_MODEL)
+    if code:
+        sys.exit(code)
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

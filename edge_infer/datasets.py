@@ -17,6 +17,9 @@ from edge_infer.spec import CLASS_NAMES
 BUSI_ENV = "BUSI_DIR"
 MODELS_ENV = "EDGE_INFER_MODELS"
 BUSI_DEFAULT = Path("..") / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
+EXTERNAL_ENV = "BREAST_LESIONS_DIR"
+EXTERNAL_DEFAULT = Path("..") / "shared" / "datasets" / "breast_lesions_usg"
+EXTERNAL_LABELS = "labels.csv"
 SPLIT_FILENAME = "busi_split.csv"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -59,6 +62,24 @@ def resolve_busi_dir(path: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError(
         f"BUSI dataset not found (tried {tried}); pass its folder or set {BUSI_ENV}"
     )
+
+
+def resolve_external_dir(path: str | os.PathLike | None = None) -> Path:
+    """The external test set (BrEaST-Lesions_USG, a folder with labels.csv): the given path,
+    else $BREAST_LESIONS_DIR, else ../shared/... from the project root. A test set only: never
+    train, calibrate or choose thresholds or models on it."""
+    candidates = [Path(path)] if path else []
+    if not candidates and os.environ.get(EXTERNAL_ENV):
+        candidates = [Path(os.environ[EXTERNAL_ENV])]
+    if not candidates:
+        project_root = Path(__file__).resolve().parent.parent
+        candidates = [project_root / EXTERNAL_DEFAULT, Path.cwd() / EXTERNAL_DEFAULT]
+    for candidate in candidates:
+        if (candidate / EXTERNAL_LABELS).is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"external test set not found (no {EXTERNAL_LABELS} in {tried}); "
+                            f"pass its folder or set {EXTERNAL_ENV}")
 
 
 def is_mask_file(name: str) -> bool:

@@ -13,18 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.evaluate import malignant_figures
+from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
 from benchmarks.metrics import (
+    auc_benign_vs_malignant,
     bootstrap_headline,
     bootstrap_interval,
     classification_metrics,
     expected_calibration_error,
     malignant_called,
     reliability_bins,
+    roc_benign_vs_malignant,
 )
 from benchmarks.plots import PLOTS
-from benchmarks.report import HEADINGS, JSON_NAME, MARKDOWN_NAME
+from benchmarks.report import HEADINGS, JSON_NAME, MARKDOWN_NAME, external_section
 from benchmarks.targets import check_targets
-from edge_infer.datasets import models_dir
+from edge_infer.datasets import EXTERNAL_LABELS, models_dir, resolve_external_dir
 from edge_infer.manifest import MANIFEST_FILENAME, read_manifest
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -106,6 +110,47 @@ def test_malignant_called_by_argmax_or_threshold() -> None:
     probs = np.array([[0.1, 0.2, 0.7], [0.5, 0.2, 0.3], [0.6, 0.3, 0.1]])
     assert malignant_called(probs).tolist() == [True, False, False]
     assert malignant_called(probs, threshold=0.3).tolist() == [True, True, False]
+
+
+# --- benign vs malignant ---------------------------------------------------------------------
+
+
+def test_auc_benign_vs_malignant_leaves_normals_out() -> None:
+    # Lesions ranked benign 0.1, malignant 0.3, benign 0.6, malignant 0.8: 3 of 4 pairs right.
+    labels = np.array([1, 2, 1, 2, 0])
+    p_malignant = np.array([0.1, 0.3, 0.6, 0.8, 0.99])
+    assert auc_benign_vs_malignant(labels, p_malignant) == pytest.approx(0.75)
+    roc = roc_benign_vs_malignant(labels, p_malignant)
+    assert roc["fpr"][-1] == roc["tpr"][-1] == 1.0 and max(roc["thresholds"]) <= 1.0
+    assert math.isnan(auc_benign_vs_malignant(np.array([1, 1, 0]), np.array([0.1, 0.2, 0.3])))
+    assert roc_benign_vs_malignant(np.array([2, 0]), np.array([0.1, 0.2])) is None
+
+
+def test_malignant_figures_by_hand() -> None:
+    labels = np.array([0, 1, 1, 2, 2])
+    probs = np.array([[0.7, 0.1, 0.2],    # normal, P(m) 0.2: called at T = 0.15 only
+                      [0.1, 0.8, 0.1],    # benign, never called
+                      [0.2, 0.3, 0.5],    # benign, called by argmax: a false positive
+                      [0.1, 0.6, 0.3],    # malignant, missed by argmax, caught at T
+                      [0.0, 0.1, 0.9]])   # malignant, caught
+    figures = malignant_figures(labels, probs, threshold=0.15, n_resamples=50)
+    assert figures["class_counts"] == {"normal": 1, "benign": 2, "malignant": 2}
+    assert figures["auc_benign_vs_malignant"]["value"] == pytest.approx(0.75)
+    argmax, high = figures["argmax"], figures["high_sensitivity"]
+    assert (argmax["threshold"], argmax["sensitivity"], argmax["specificity"]) == (
+        None, 0.5, pytest.approx(2 / 3))
+    assert (high["threshold"], high["sensitivity"], high["specificity"]) == (
+        0.15, 1.0, pytest.approx(1 / 3))
+    for rule in (argmax, high):
+        for key, (low, high_end) in rule["intervals_95"].items():
+            assert low <= rule[key] <= high_end, key
+    assert malignant_figures(labels, probs, None, n_resamples=20)["high_sensitivity"] is None
+
+
+def test_a_report_without_the_external_set_says_so() -> None:
+    lines = external_section({"external": {"skipped": "external test set not found"}})
+    assert lines[0] == "## External hospital (BrEaST-Lesions_USG)"
+    assert "Skipped: external test set not found." in lines
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -273,3 +318,75 @@ def test_quick_run_report_has_every_section_and_plot(quick_run: tuple[dict, Path
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 1000, name
         assert f"]({name})" in text, name
+
+
+EXTERNAL_FIGURE_KEYS = {"n", "class_counts", "auc_benign_vs_malignant", "argmax",
+                        "high_sensitivity"}
+
+
+def external_dir() -> Path | None:
+    try:
+        return resolve_external_dir()
+    except FileNotFoundError:
+        return None
+
+
+def test_quick_run_has_the_external_hospital_section(quick_run: tuple[dict, Path]) -> None:
+    results, out = quick_run
+    external = results["external"]
+    text = (out / MARKDOWN_NAME).read_text()
+    if external_dir() is None:
+        assert set(external) == {"skipped"} and f"Skipped: {external['skipped']}." in text
+        return
+    assert external["n"] == len(external["files"]) == len(external["labels"]) <= 12  # a few
+    assert external["name"] == "BrEaST-Lesions_USG" and "Sci" in external["citation"]
+    expected = [name for name in EXTERNAL_VARIANTS if name in results["variants"]]
+    assert list(external["variants"]) == expected and "keras" in expected
+    for name, info in external["variants"].items():
+        assert info["threshold"] == results["variants"][name]["threshold"]  # from the manifest
+        assert len(info["external_probs"]) == external["n"]
+        for data, n in (("external", external["n"]), ("busi_test", results["data"]["test_images"])):
+            figures = info[data]
+            assert set(figures) == EXTERNAL_FIGURE_KEYS and figures["n"] == n
+            assert figures["high_sensitivity"]["threshold"] == info["threshold"]
+            for rule in ("argmax", "high_sensitivity"):
+                assert set(figures[rule]["intervals_95"]) == {"sensitivity", "specificity"}
+        assert info["busi_test"]["class_counts"] == results["data"]["class_counts"]
+    assert text.count("**Δ external − BUSI**") == len(expected)
+    assert "Pawłowska" in text
+
+
+def test_evaluate_reproduces_the_reports_external_figures(quick_run: tuple[dict, Path],
+                                                          tmp_path: Path) -> None:
+    """`edge-infer evaluate` on the quick run's external images gives the report's int8 row."""
+    results = quick_run[0]
+    root = external_dir()
+    int8 = results["external"].get("variants", {}).get("tflite-int8")
+    if root is None or int8 is None:
+        pytest.skip("no external test set, or no int8 model")
+    names = ("normal", "benign", "malignant")
+    table = tmp_path / EXTERNAL_LABELS
+    table.write_text("file,label\n" + "".join(
+        f"{root / file},{names[label]}\n"
+        for file, label in zip(results["external"]["files"], results["external"]["labels"])))
+    out = tmp_path / "evaluation.json"
+    done = subprocess.run([sys.executable, "-c", "from edge_infer.cli import main; main()",
+                           "evaluate", "--labels",
+                           str(table), "--mode", "high-sensitivity", "--quiet", "--resamples",
+                           str(results["settings"]["resamples"]), "--json", str(out)],
+                          cwd=PROJECT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    figures = int8["external"]
+    assert report["threshold"] == figures["high_sensitivity"]["threshold"]
+    assert report["metrics"]["auc_benign_vs_malignant"] == pytest.approx(
+        figures["auc_benign_vs_malignant"]["value"])
+    assert report["intervals_95"]["auc_benign_vs_malignant"] == pytest.approx(
+        figures["auc_benign_vs_malignant"]["interval_95"])
+    for mine, theirs in (("malignant_recall", "sensitivity"),
+                         ("malignant_specificity", "specificity")):
+        assert report["metrics"][mine] == pytest.approx(figures["high_sensitivity"][theirs])
+        assert report["intervals_95"][mine] == pytest.approx(
+            figures["high_sensitivity"]["intervals_95"][theirs])
+    assert report["metrics"]["malignant_recall_argmax"] == pytest.approx(
+        figures["argmax"]["sensitivity"])

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import sysconfig
+import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -749,3 +750,334 @@ def test_classifying_does_not_import_tensorflow(manifest: dict, scan: Path) -> N
     done = run_python(code, scan)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# --- evaluate: a model's figures on labelled images ----------------------------------------
+
+EVALUATION_KEYS = {"schema_version", "model", "source", "mode", "threshold", "threshold_source",
+                   "n_images", "class_counts", "metrics", "intervals_95", "bootstrap",
+                   "roc_benign_vs_malignant", "errors", "notes", "predictions"}
+INTERVAL_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "malignant_recall",
+                 "malignant_specificity", "auc_benign_vs_malignant"}
+FEW_RESAMPLES = "50"
+LIGHT_MODULES = ("sklearn", "matplotlib", "scipy")
+
+
+def copy_into(folder: Path, images: list[Path], names: Callable[[Path], str]) -> list[Path]:
+    """Copy images into folder / names(image) (BUSI's layout gives each image's class as its
+    parent folder's name); returns the copies."""
+    copies = []
+    for image in images:
+        target = folder / names(image)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, target)
+        copies.append(target)
+    return copies
+
+
+def class_tree(folder: Path, images: list[Path]) -> list[Path]:
+    """A folder-per-class tree of images (their BUSI class), one per original file."""
+    return copy_into(folder, images, lambda image: f"{image.parent.name}/{image.name}")
+
+
+def write_labels(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """A labels CSV: file (relative to the CSV), label, and a column evaluate must ignore."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "case_id"])
+        writer.writerows([file, label, i] for i, (file, label) in enumerate(rows))
+    return path
+
+
+def evaluate_json(tmp_path: Path, *args: object) -> tuple[Result, dict | None]:
+    """`edge-infer evaluate ARGS --json FILE`: the result and the JSON it wrote (if any)."""
+    out = tmp_path / "evaluation.json"
+    out.unlink(missing_ok=True)
+    result = run("evaluate", *args, "--resamples", FEW_RESAMPLES, "--json", out)
+    return result, json.loads(out.read_text()) if out.is_file() else None
+
+
+def expected_figures(classifier: Classifier, images: list[Path], labels: list[str],
+                     threshold: float | None) -> dict:
+    """Figures computed directly with scikit-learn on the Python API's own predictions."""
+    from sklearn import metrics
+
+    y = np.array([CLASS_NAMES.index(label) for label in labels])
+    probs = np.array([[classifier.classify(p).probs[c] for c in CLASS_NAMES] for p in images])
+    y_pred = probs.argmax(axis=1)
+    called = y_pred == 2 if threshold is None else (y_pred == 2) | (probs[:, 2] >= threshold)
+    lesion = y != 0
+    precision, recall, _, support = metrics.precision_recall_fscore_support(
+        y, y_pred, labels=[0, 1, 2], zero_division=0)
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": by design
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = metrics.balanced_accuracy_score(y, y_pred)
+    expected = {
+        "accuracy": metrics.accuracy_score(y, y_pred),
+        "balanced_accuracy": balanced,
+        "confusion_matrix": metrics.confusion_matrix(y, y_pred, labels=[0, 1, 2]).tolist(),
+        "precision": precision.tolist(), "recall": recall.tolist(), "n": support.tolist(),
+        "malignant_recall": called[y == 2].mean(),
+        "malignant_specificity": (~called[y != 2]).mean(),
+        "auc_benign_vs_malignant": metrics.roc_auc_score(y[lesion] == 2, probs[lesion, 2]),
+        "roc_auc_ovr": None,
+    }
+    if len(set(y)) == 3:
+        expected["roc_auc_ovr"] = metrics.roc_auc_score(
+            y, probs / probs.sum(axis=1, keepdims=True), multi_class="ovr")
+    return expected
+
+
+def assert_evaluation_schema(report: dict, n_images: int) -> None:
+    assert set(report) >= EVALUATION_KEYS
+    assert report["schema_version"] == 1 and set(report["model"]) == MODEL_KEYS
+    assert report["n_images"] == n_images == len(report["predictions"])
+    assert sum(report["class_counts"].values()) == n_images
+    assert set(report["intervals_95"]) == INTERVAL_KEYS
+    assert report["bootstrap"] == {"resamples": int(FEW_RESAMPLES), "seed": 0, "level": 0.95}
+    for prediction in report["predictions"]:
+        assert set(prediction) == {*DECISION_KEYS, "file", "label"}
+        assert prediction["label"] in CLASS_NAMES
+    for error in report["errors"]:
+        assert set(error) == {"input", "reason", "kind"}
+        assert error["kind"] in ("unreadable", "unknown_label")
+    roc = report["roc_benign_vs_malignant"]
+    assert set(roc) == {"fpr", "tpr", "thresholds"} and len(roc["fpr"]) == len(roc["tpr"])
+
+
+def assert_figures(report: dict, expected: dict) -> None:
+    """The report's figures equal scikit-learn's, and each interval holds its point value."""
+    figures = report["metrics"]
+    for key in ("accuracy", "balanced_accuracy", "malignant_recall", "malignant_specificity",
+                "auc_benign_vs_malignant", "roc_auc_ovr"):
+        assert figures[key] == pytest.approx(expected[key], abs=1e-9), key
+    assert figures["confusion_matrix"] == expected["confusion_matrix"]
+    for i, name in enumerate(CLASS_NAMES):
+        per_class = figures["per_class"][name]
+        assert per_class["precision"] == pytest.approx(expected["precision"][i], abs=1e-9)
+        assert per_class["recall"] == pytest.approx(expected["recall"][i], abs=1e-9)
+        assert per_class["n"] == expected["n"][i] == report["class_counts"][name]
+    for key, (low, high) in report["intervals_95"].items():
+        assert low - 1e-9 <= figures[key] <= high + 1e-9, key
+
+
+def test_importing_the_cli_does_not_import_the_metrics_stack() -> None:
+    code = ("import sys, edge_infer, edge_infer.cli, edge_infer.inputs; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {LIGHT_MODULES!r}))")
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_evaluate_a_class_tree(classifier: Classifier, test_images: list[Path],
+                               tmp_path: Path) -> None:
+    tree = tmp_path / "study"
+    images = class_tree(tree, test_images)
+    shutil.copy(test_images[0], tree / "normal" / "scan_mask.png")
+    (tree / "README.txt").write_text("outside the class folders: ignored\n")
+    plots = tmp_path / "plots"
+    result, report = evaluate_json(tmp_path, tree, "--plots", plots)
+    assert_exit(result, 0)
+    assert_evaluation_schema(report, len(images))
+    assert report["source"] == {"kind": "folder", "path": str(tree)}
+    assert (report["mode"], report["threshold"]) == ("argmax", None)
+    assert [p["file"] for p in report["predictions"]] == [str(p) for p in images]
+    labels = [p.parent.name for p in images]
+    assert_figures(report, expected_figures(classifier, images, labels, None))
+    assert error_lines(result.stderr) == [] and report["errors"] == []
+    assert f"note: {tree}: skipped 1 BUSI mask file(s)" in result.stderr.splitlines()
+    assert f"{len(images)}/{len(images)}" in result.stderr  # the progress bar
+    accuracy_line = next(line for line in result.stdout.splitlines()
+                         if line.startswith("accuracy "))
+    low, high = report["intervals_95"]["accuracy"]
+    assert accuracy_line.split()[1:4] == [f"{report['metrics']['accuracy']:.3f}",
+                                          f"[{low:.3f},", f"{high:.3f}]"]
+    for fragment in ("balanced accuracy", "malignant sensitivity", "malignant specificity",
+                     "ROC-AUC benign vs malignant", "ROC-AUC one-vs-rest", "Confusion matrix"):
+        assert fragment in result.stdout, fragment
+    assert report["plots"] == {name: str(plots / file) for name, file in (
+        ("confusion_matrix", "confusion_matrix.png"), ("roc_curve", "roc_curve.png"),
+        ("reliability", "reliability.png"))}
+    for file in report["plots"].values():
+        data = Path(file).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 1000, file
+
+
+def test_evaluate_a_labels_csv_in_high_sensitivity_mode(classifier: Classifier, manifest: dict,
+                                                        test_images: list[Path],
+                                                        tmp_path: Path) -> None:
+    """Benign and malignant only (any subset of classes), files relative to the CSV."""
+    lesions = [p for p in test_images if p.parent.name != "normal"]
+    folder = tmp_path / "external"
+    copies = copy_into(folder, lesions, lambda image: f"scans/case {image.stem}.png")
+    labels = [p.parent.name for p in lesions]
+    table = write_labels(folder / "labels.csv",
+                         [(c.relative_to(folder).as_posix(), label.upper() if i == 0 else label)
+                          for i, (c, label) in enumerate(zip(copies, labels))])
+    result, report = evaluate_json(tmp_path, "--labels", table, "--mode", "high-sensitivity")
+    assert_exit(result, 0)
+    assert_evaluation_schema(report, len(copies))
+    threshold = manifest["models"][model_key(manifest, "int8")]["threshold"]
+    assert (report["mode"], report["threshold"]) == ("high-sensitivity", threshold)
+    assert report["source"] == {"kind": "labels", "path": str(table)}
+    assert report["class_counts"]["normal"] == 0
+    assert_figures(report, expected_figures(classifier, copies, labels, threshold))
+    assert report["metrics"]["roc_auc_ovr"] is None  # needs all three classes
+    assert "ROC-AUC one-vs-rest" not in result.stdout
+    assert f"T = {threshold:.3f}" in result.stdout and "at argmax instead" in result.stdout
+    forced = [p for p in report["predictions"] if p["forced_malignant"]]
+    assert all(p["prediction"] == "malignant" and p["prob_malignant"] >= threshold
+               for p in forced)
+
+
+def test_evaluate_a_given_threshold(classifier: Classifier, test_images: list[Path],
+                                    tmp_path: Path) -> None:
+    tree = tmp_path / "study"
+    images = class_tree(tree, test_images[3:])
+    result, report = evaluate_json(tmp_path, tree, "--threshold", "0.05")
+    assert_exit(result, 0)
+    assert (report["mode"], report["threshold"], report["threshold_source"]) == (
+        "high-sensitivity", 0.05, "given")
+    labels = [p.parent.name for p in images]
+    assert_figures(report, expected_figures(classifier, images, labels, 0.05))
+
+
+# Bad inputs in a labelled set: each makes (evaluate arguments, the input its error line names)
+# from a tree of two benign and two malignant scans.
+BadSetMaker = Callable[[Path], tuple[list[object], str]]
+
+
+def lesions_labels(tree: Path, extra: list[tuple[str, str]]) -> Path:
+    rows = [(p.relative_to(tree).as_posix(), p.parent.name)
+            for p in sorted(tree.glob("*/*.png"))]
+    return write_labels(tree / "labels.csv", rows + extra)
+
+
+def unknown_class_folder(tree: Path) -> tuple[list[object], str]:
+    shutil.copytree(tree / "benign", tree / "suspicious")
+    return [tree], str(tree / "suspicious")
+
+
+def not_an_image_in_a_class_folder(tree: Path) -> tuple[list[object], str]:
+    (tree / "malignant" / "report.txt").write_text("BI-RADS 5\n")
+    return [tree], str(tree / "malignant" / "report.txt")
+
+
+def empty_class_folder(tree: Path) -> tuple[list[object], str]:
+    (tree / "normal").mkdir()
+    return [tree], str(tree / "normal")
+
+
+def unknown_label_in_the_csv(tree: Path) -> tuple[list[object], str]:
+    table = lesions_labels(tree, [("benign/" + next((tree / "benign").iterdir()).name,
+                                   "probably benign")])
+    return ["--labels", table], f"{table}:6"
+
+
+def csv_row_for_a_missing_file(tree: Path) -> tuple[list[object], str]:
+    table = lesions_labels(tree, [("benign/gone.png", "benign")])
+    return ["--labels", table], f"{table}:6"
+
+
+def csv_row_for_a_text_file(tree: Path) -> tuple[list[object], str]:
+    (tree / "notes.png").write_text("not a scan\n")
+    table = lesions_labels(tree, [("notes.png", "malignant")])
+    return ["--labels", table], str(tree / "notes.png")
+
+
+BAD_SETS: dict[str, tuple[BadSetMaker, int]] = {
+    "unknown class folder": (unknown_class_folder, 4),
+    "not an image in a class folder": (not_an_image_in_a_class_folder, 3),
+    "empty class folder": (empty_class_folder, 3),
+    "unknown label in the CSV": (unknown_label_in_the_csv, 4),
+    "CSV row for a missing file": (csv_row_for_a_missing_file, 3),
+    "CSV row for a text file": (csv_row_for_a_text_file, 3),
+}
+
+
+@pytest.fixture()
+def lesion_tree(tmp_path: Path, test_images: list[Path]) -> Path:
+    """benign/ and malignant/ with two BUSI test scans each."""
+    chosen = ([p for p in test_images if p.parent.name == "benign"][:2]
+              + [p for p in test_images if p.parent.name == "malignant"][:2])
+    class_tree(tmp_path / "set", chosen)
+    return tmp_path / "set"
+
+
+@pytest.mark.parametrize(("make", "code"), BAD_SETS.values(), ids=list(BAD_SETS))
+def test_a_bad_input_is_one_error_line_and_the_rest_is_evaluated(
+        make: BadSetMaker, code: int, manifest: dict, lesion_tree: Path,
+        tmp_path: Path) -> None:
+    args, bad = make(lesion_tree)
+    result, report = evaluate_json(tmp_path, *args)
+    assert_exit(result, code)
+    assert_one_error(result.stderr, f"error: {bad}: ")
+    assert_evaluation_schema(report, 4)
+    assert [e["input"] for e in report["errors"]] == [bad]
+    assert report["errors"][0]["kind"] == ("unknown_label" if code == 4 else "unreadable")
+    assert "Not evaluated: 1 input(s)" in result.stdout
+
+
+def test_unknown_labels_take_precedence_over_unreadable_files(manifest: dict, lesion_tree: Path,
+                                                              tmp_path: Path) -> None:
+    not_an_image_in_a_class_folder(lesion_tree)
+    unknown_class_folder(lesion_tree)
+    result, report = evaluate_json(tmp_path, lesion_tree)
+    assert_exit(result, 4)
+    assert len(error_lines(result.stderr)) == 2 and len(report["errors"]) == 2
+
+
+def test_nothing_to_evaluate_is_an_error(manifest: dict, tmp_path: Path) -> None:
+    tree = tmp_path / "set"
+    (tree / "benign").mkdir(parents=True)
+    (tree / "benign" / "letter.png").write_text("Dear colleague,\n")
+    result, report = evaluate_json(tmp_path, tree)
+    assert_exit(result, 3)
+    assert report is None and result.stdout == ""
+    assert error_lines(result.stderr) == [
+        f"error: {tree / 'benign' / 'letter.png'}: not an image Pillow can read",
+        "error: no image could be evaluated"]
+
+
+def test_a_labels_file_without_its_columns_is_exit_3(manifest: dict, tmp_path: Path) -> None:
+    table = tmp_path / "labels.csv"
+    table.write_text("image,diagnosis\na.png,benign\n")
+    result, report = evaluate_json(tmp_path, "--labels", table)
+    assert_exit(result, 3)
+    assert report is None
+    assert error_lines(result.stderr)[0].startswith(f"error: {table}: expected a header row")
+
+
+@pytest.mark.parametrize("make_args", [
+    lambda tmp: ["evaluate"],
+    lambda tmp: ["evaluate", tmp, "--labels", write_labels(tmp / "l.csv", [])],
+    lambda tmp: ["evaluate", write_labels(tmp / "l.csv", [])],
+    lambda tmp: ["evaluate", tmp / "nowhere"],
+    lambda tmp: ["evaluate", "--labels", tmp / "nowhere.csv"],
+    lambda tmp: ["evaluate", tmp],  # no class folders in it
+    lambda tmp: ["evaluate", tmp, "--mode", "argmax", "--threshold", "0.3"],
+    lambda tmp: ["evaluate", tmp, "--resamples", "1"],
+], ids=["nothing", "dir-and-labels", "a-file-as-dir", "missing-dir", "missing-labels",
+        "no-class-folders", "argmax-with-threshold", "one-resample"])
+def test_evaluate_usage_errors_exit_2(make_args: Callable[[Path], list], tmp_path: Path) -> None:
+    result = run(*make_args(tmp_path))
+    assert_exit(result, 2)
+    assert result.stdout == ""
+
+
+def test_evaluate_without_scikit_learn_names_the_extra(manifest: dict, lesion_tree: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn` now fails
+    result = run("evaluate", lesion_tree)
+    assert_exit(result, 1)
+    assert result.stdout == ""
+    assert_one_error(result.stderr, "scikit-learn", 'pip install ".[bench]"')
+
+
+def test_evaluate_help_lists_its_options() -> None:
+    result = run("evaluate", "--help")
+    assert_exit(result, 0)
+    for option in ("--labels", "--model", "--mode", "--threshold", "--threads", "--json",
+                   "--plots", "--resamples", "--quiet"):
+        assert option in result.stdout
+    assert "evaluate" in run("--help").stdout
