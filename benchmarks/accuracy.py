@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.metrics import (
+    agreement,
     bootstrap_headline,
     bootstrap_interval,
     classification_metrics,
@@ -12,7 +13,6 @@ from benchmarks.metrics import (
     headline_statistics,
     reliability_bins,
 )
-from convert.verify import agreement
 
 
 def variant_accuracy(y_true: np.ndarray, probs: np.ndarray, threshold: float,

@@ -47,6 +47,17 @@ def malignant_called(probs: np.ndarray, threshold: float | None = None) -> np.nd
     return called
 
 
+def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
+    """Top-1 agreement of probs with a reference model's, and max / mean absolute probability
+    difference (how conversion and the benchmark compare a variant with Keras)."""
+    delta = np.abs(np.asarray(probs, np.float64) - np.asarray(reference, np.float64))
+    return {
+        "agreement": float((reference.argmax(1) == probs.argmax(1)).mean()),
+        "max_abs_dprob": float(delta.max()),
+        "mean_abs_dprob": float(delta.mean()),
+    }
+
+
 def choose_threshold(
     y_true: np.ndarray, prob_malignant: np.ndarray, target_recall: float = TARGET_MALIGNANT_RECALL
 ) -> float:
@@ -177,14 +188,12 @@ def headline_statistics(y_true: np.ndarray, probs: np.ndarray,
     """Accuracy, macro-F1 and malignant recall at T as functions of resample indices."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(probs).argmax(axis=1)
-    called = malignant_called(probs, threshold)
     labels = list(range(len(CLASS_NAMES)))
     return {
         "accuracy": lambda idx: float(accuracy_score(y_true[idx], y_pred[idx])),
         "macro_f1": lambda idx: float(f1_score(y_true[idx], y_pred[idx], labels=labels,
                                                average="macro", zero_division=0)),
-        "malignant_recall": lambda idx: malignant_recall_specificity(y_true[idx],
-                                                                     called[idx])[0],
+        "malignant_recall": malignant_statistics(y_true, probs, threshold)["malignant_recall"],
     }
 
 

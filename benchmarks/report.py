@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from benchmarks.targets import INT8, KERAS_PREDICT, KERAS_TF_FUNCTION
 from edge_infer.spec import CLASS_NAMES
 
 JSON_NAME = "latest.json"
@@ -24,7 +25,6 @@ HEADINGS: tuple[str, ...] = (
     "## Method",
     "## Machine",
 )
-KERAS_PREDICT, KERAS_TF_FUNCTION, INT8 = "keras (predict)", "keras (tf.function)", "tflite-int8"
 
 
 def _num(value: float | None, digits: int = 1, suffix: str = "") -> str:
@@ -317,7 +317,7 @@ def method_section(results: dict) -> list[str]:
             f"- Images: {data['test_images']} test images (and {data['val_images']} validation "
             "images for the ONNX thresholds and int8 calibration) of the split manifest, "
             "through the one shared preprocessing (`edge_infer.preprocess`).",
-            "- Metrics: `benchmarks/metrics.py`; agreement: `convert.verify.agreement`.",
+            "- Metrics, agreement with Keras included: `benchmarks/metrics.py`.",
             "- Keras is timed two ways: `model.predict` on one image, and "
             "`model(x, training=False)` inside a `tf.function`.",
             "- TensorFlow, TFLite and ONNX Runtime are each limited to the stated thread count "

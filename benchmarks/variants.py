@@ -46,7 +46,27 @@ def configure_tensorflow_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
-class KerasRunner:
+class _BatchRunner:
+    """What a runtime that takes batches needs beyond `_run` (a float32 batch -> (N, 3))."""
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities (3,) of one preprocessed uint8 image."""
+        return self._run(image[None])[0]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 3), in batches of BATCH."""
+        return np.concatenate([self._run(images[i:i + BATCH])
+                               for i in range(0, len(images), BATCH)])
+
+    def classify(self, path: str | os.PathLike) -> Decision:
+        """Decode, preprocess, run and decide one image file."""
+        return decide(self.probabilities(preprocess_image(path)))
+
+
+class KerasRunner(_BatchRunner):
     """The Keras model through `model.predict` or `model(x, training=False)` in a tf.function."""
 
     def __init__(self, spec: VariantSpec, mode: str = "predict", threads: int | None = None,
@@ -68,19 +88,6 @@ class KerasRunner:
         if self.mode == "predict":
             return self.model.predict(batch, batch_size=BATCH, verbose=0)
         return self._call(batch).numpy()
-
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities (3,) of one preprocessed uint8 image."""
-        return self._run(image[None])[0]
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N, 3), in batches of BATCH."""
-        return np.concatenate([self._run(images[i:i + BATCH])
-                               for i in range(0, len(images), BATCH)])
-
-    def classify(self, path: str | os.PathLike) -> Decision:
-        """Decode, preprocess, run and decide one image file."""
-        return decide(self.probabilities(preprocess_image(path)))
 
 
 class TFLiteRunner:
@@ -105,7 +112,7 @@ class TFLiteRunner:
         return self.classifier.classify(path)
 
 
-class OnnxRunner:
+class OnnxRunner(_BatchRunner):
     """An ONNX model through one ONNX Runtime CPU session."""
 
     def __init__(self, spec: VariantSpec, threads: int) -> None:
@@ -121,19 +128,6 @@ class OnnxRunner:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch.astype(np.float32)})[0]
-
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities (3,) of one preprocessed uint8 image."""
-        return self._run(image[None])[0]
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (N, 3), in batches of BATCH."""
-        return np.concatenate([self._run(images[i:i + BATCH])
-                               for i in range(0, len(images), BATCH)])
-
-    def classify(self, path: str | os.PathLike) -> Decision:
-        """Decode, preprocess, run and decide one image file."""
-        return decide(self.probabilities(preprocess_image(path)))
 
 
 Runner = Union[KerasRunner, TFLiteRunner, OnnxRunner]

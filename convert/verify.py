@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.metrics import choose_threshold, classification_metrics
+from benchmarks.metrics import agreement, choose_threshold, classification_metrics
 from edge_infer.spec import MALIGNANT_INDEX
 
 # Per-channel int8 stores a float32 scale and an int64 zero point per output channel (about
@@ -23,16 +23,6 @@ TARGETS: dict[str, dict[str, float]] = {
         "max_malignant_recall_drop": 0.02,
     },
 }
-
-
-def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
-    """Top-1 agreement and max / mean absolute probability difference."""
-    delta = np.abs(np.asarray(probs, np.float64) - np.asarray(reference, np.float64))
-    return {
-        "agreement": float((reference.argmax(1) == probs.argmax(1)).mean()),
-        "max_abs_dprob": float(delta.max()),
-        "mean_abs_dprob": float(delta.mean()),
-    }
 
 
 def evaluate_variant(labels: dict[str, np.ndarray], probs: dict[str, np.ndarray],

@@ -4,13 +4,12 @@ rule."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 
 import numpy as np
 
 from edge_infer.decision import Decision, Mode, decide
 from edge_infer.manifest import ModelEntry, ModelError, resolve_model
-from edge_infer.preprocess import ImageSource, decode_image, to_model_input
+from edge_infer.preprocess import ImageSource, preprocess_image
 from edge_infer.tflite_model import TFLiteModel
 
 
@@ -18,7 +17,7 @@ class Classifier:
     """Classify breast-ultrasound images with one shipped TFLite model.
 
     `model` is a variant ('int8', 'float16', 'float32'), a manifest key
-    ('efficientnetb0/int8') or a path to a model file listed in the manifest.
+    ('efficientnet-lite0/int8') or a path to a model file listed in the manifest.
     """
 
     def __init__(self, model: str = "int8", threads: int = 1,
@@ -57,9 +56,4 @@ class Classifier:
     def classify(self, source: ImageSource, mode: Mode = "argmax",
                  threshold: float | None = None) -> Decision:
         """Decode, preprocess and classify one image (path, bytes, file object or PIL image)."""
-        return self.classify_array(to_model_input(decode_image(source).image), mode, threshold)
-
-    def classify_many(self, sources: Iterable[ImageSource], mode: Mode = "argmax",
-                      threshold: float | None = None) -> list[Decision]:
-        """Classify several images in order (raises on the first unreadable one)."""
-        return [self.classify(source, mode, threshold) for source in sources]
+        return self.classify_array(preprocess_image(source), mode, threshold)

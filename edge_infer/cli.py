@@ -15,13 +15,15 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import click
 from tqdm import tqdm
 
 from edge_infer.classifier import Classifier
-from edge_infer.decision import MODES
+from edge_infer.decision import MODES, requested_mode
 from edge_infer.inputs import expand_inputs, labelled_csv, labelled_folder
 from edge_infer.manifest import ModelError, read_manifest
 from edge_infer.preprocess import ImageError, decode_image, to_model_input
@@ -75,6 +77,40 @@ def _finite_threshold(ctx: click.Context, param: click.Parameter,
     return value
 
 
+def _chosen_mode(mode: str | None, threshold: float | None) -> str:
+    """`requested_mode`, with a refused combination as a usage error (exit 2)."""
+    try:
+        return requested_mode(mode, threshold)
+    except ValueError:
+        raise click.UsageError("--threshold applies to --mode high-sensitivity only") from None
+
+
+def _note_printer(quiet: bool) -> Callable[[str], None]:
+    """Print a note on stderr (through tqdm, so a progress bar stays intact) unless quiet."""
+    def say(text: str) -> None:
+        if not quiet:
+            tqdm.write(text, file=sys.stderr)
+    return say
+
+
+model_option = click.option(
+    "--model", "model_name", default="int8", show_default=True,
+    help="int8 | float16 | float32, a manifest key such as efficientnet-lite0/int8, or a model "
+         "file listed in the manifest.")
+mode_option = click.option(
+    "--mode", type=click.Choice(MODES), default=None,
+    help="argmax (default), or high-sensitivity: call malignant whenever "
+         "prob_malignant >= threshold.")
+threshold_option = click.option(
+    "--threshold", type=click.FloatRange(0.0, 1.0), default=None, callback=_finite_threshold,
+    help="High-sensitivity threshold (implies that mode); default: the model's threshold "
+         "validated for malignant recall >= 0.95.")
+threads_option = click.option("--threads", type=click.IntRange(1), default=DEFAULT_THREADS,
+                              show_default=True, help="Interpreter threads.")
+quiet_option = click.option("--quiet", "-q", is_flag=True,
+                            help="No notes or progress bar; errors only.")
+
+
 def _table_row(name: str, result: dict) -> str:
     probs = "  ".join(f"{result['probs'][c]:.3f}" for c in CLASS_NAMES)
     flags = ",".join(f for f in ("forced" if result["forced_malignant"] else "",
@@ -91,36 +127,23 @@ def _csv_row(name: str, result: dict) -> list:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR...")
-@click.option("--model", "model_name", default="int8", show_default=True,
-              help="int8 | float16 | float32, a manifest key such as efficientnetb0/int8, "
-                   "or a model file listed in the manifest.")
-@click.option("--mode", type=click.Choice(MODES), default=None,
-              help="argmax (default), or high-sensitivity: call malignant whenever "
-                   "prob_malignant >= threshold.")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              callback=_finite_threshold,
-              help="High-sensitivity threshold (implies that mode); default: the model's "
-                   "threshold validated for malignant recall >= 0.95.")
+@model_option
+@mode_option
+@threshold_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (JSON lines).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
-@click.option("--threads", type=click.IntRange(1), default=DEFAULT_THREADS, show_default=True,
-              help="Interpreter threads.")
-@click.option("--quiet", "-q", is_flag=True, help="No notes or progress bar; errors only.")
+@threads_option
+@quiet_option
 def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
              threshold: float | None, as_json: bool, as_csv: bool, threads: int,
              quiet: bool) -> None:
     """Classify images and folders (searched recursively; BUSI *_mask files skipped)."""
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
-    if mode == "argmax" and threshold is not None:
-        raise click.UsageError("--threshold applies to --mode high-sensitivity only")
-    mode = mode or ("high-sensitivity" if threshold is not None else "argmax")
+    mode = _chosen_mode(mode, threshold)
     found = expand_inputs(list(inputs))
     classifier = load_classifier(model_name, threads)
-    def say(text: str) -> None:
-        if not quiet:
-            tqdm.write(text, file=sys.stderr)
-
+    say = _note_printer(quiet)
     for note in found.notes:
         say(f"note: {note}")
     writer = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
@@ -179,7 +202,7 @@ def info(as_json: bool) -> None:
                    f"{'' if agreement is None else f'{agreement:6.3f}':>6}  {entry['file']}")
 
 
-def _load_evaluation(plots: bool):
+def _load_evaluation(plots: bool) -> ModuleType:
     """benchmarks.evaluate (and benchmarks.plots), or one line naming the [bench] extra and
     exit code 1: scikit-learn and matplotlib are not part of the light runtime."""
     try:
@@ -202,24 +225,17 @@ def _load_evaluation(plots: bool):
 @click.option("--labels", "labels_file", metavar="CSV",
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A CSV with file,label columns (files relative to the CSV), instead of DIR.")
-@click.option("--model", "model_name", default="int8", show_default=True,
-              help="As for classify: int8 | float16 | float32, a manifest key or a model file.")
-@click.option("--mode", type=click.Choice(MODES), default=None,
-              help="How malignant calls are made: argmax (default), or high-sensitivity "
-                   "(prob_malignant >= threshold).")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
-              callback=_finite_threshold,
-              help="High-sensitivity threshold (implies that mode); default: the model's "
-                   "validated threshold.")
-@click.option("--threads", type=click.IntRange(1), default=DEFAULT_THREADS, show_default=True,
-              help="Interpreter threads.")
+@model_option
+@mode_option
+@threshold_option
+@threads_option
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every figure, per-image prediction and error to this JSON file.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write confusion_matrix.png, roc_curve.png and reliability.png here.")
 @click.option("--resamples", type=click.IntRange(10), default=1000, show_default=True,
               help="Bootstrap resamples for the 95 % intervals (seed 0).")
-@click.option("--quiet", "-q", is_flag=True, help="No notes or progress bar; errors only.")
+@quiet_option
 def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode: str | None,
              threshold: float | None, threads: int, json_file: Path | None,
              plots_dir: Path | None, resamples: int, quiet: bool) -> None:
@@ -234,9 +250,7 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
     """
     if (path is None) == (labels_file is None):
         raise click.UsageError("give a folder of class folders (DIR) or --labels CSV, not both")
-    if mode == "argmax" and threshold is not None:
-        raise click.UsageError("--threshold applies to --mode high-sensitivity only")
-    mode = mode or ("high-sensitivity" if threshold is not None else "argmax")
+    mode = _chosen_mode(mode, threshold)
     evaluation = _load_evaluation(plots_dir is not None)
     found = labelled_csv(labels_file) if labels_file else labelled_folder(path)
     if not (found.items or found.unreadable or found.unlabelled):
@@ -249,11 +263,7 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
     if mode == "high-sensitivity":
         threshold_source = "given" if threshold is not None else "the model's validated threshold"
         threshold = classifier.threshold if threshold is None else threshold
-
-    def say(text: str) -> None:
-        if not quiet:
-            tqdm.write(text, file=sys.stderr)
-
+    say = _note_printer(quiet)
     for note in found.notes:
         say(f"note: {note}")
     predictions = evaluation.classify_labelled(
@@ -300,8 +310,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
               help="Address to listen on. The app has no authentication: keep it on loopback "
                    "unless the network is trusted.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--model", "model_name", default="int8", show_default=True,
-              help="As for classify: int8 | float16 | float32, a manifest key or a model file.")
+@model_option
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="Interpreter threads per worker.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,

@@ -47,14 +47,20 @@ def models_dir() -> Path:
         return Path(__file__).resolve().parent.parent / "models"
 
 
+def _candidate_dirs(path: str | os.PathLike | None, env: str, default: Path) -> list[Path]:
+    """Where to look for a data folder: the given path, else $env, else `default` below the
+    project root and below the working directory."""
+    if path:
+        return [Path(path)]
+    if os.environ.get(env):
+        return [Path(os.environ[env])]
+    project_root = Path(__file__).resolve().parent.parent
+    return [project_root / default, Path.cwd() / default]
+
+
 def resolve_busi_dir(path: str | os.PathLike | None = None) -> Path:
     """The BUSI folder: the given path, else $BUSI_DIR, else ../shared/... from the project root."""
-    candidates = [Path(path)] if path else []
-    if not candidates and os.environ.get(BUSI_ENV):
-        candidates = [Path(os.environ[BUSI_ENV])]
-    if not candidates:
-        project_root = Path(__file__).resolve().parent.parent
-        candidates = [project_root / BUSI_DEFAULT, Path.cwd() / BUSI_DEFAULT]
+    candidates = _candidate_dirs(path, BUSI_ENV, BUSI_DEFAULT)
     for candidate in candidates:
         if all((candidate / name).is_dir() for name in CLASS_NAMES):
             return candidate
@@ -68,12 +74,7 @@ def resolve_external_dir(path: str | os.PathLike | None = None) -> Path:
     """The external test set (BrEaST-Lesions_USG, a folder with labels.csv): the given path,
     else $BREAST_LESIONS_DIR, else ../shared/... from the project root. A test set only: never
     train, calibrate or choose thresholds or models on it."""
-    candidates = [Path(path)] if path else []
-    if not candidates and os.environ.get(EXTERNAL_ENV):
-        candidates = [Path(os.environ[EXTERNAL_ENV])]
-    if not candidates:
-        project_root = Path(__file__).resolve().parent.parent
-        candidates = [project_root / EXTERNAL_DEFAULT, Path.cwd() / EXTERNAL_DEFAULT]
+    candidates = _candidate_dirs(path, EXTERNAL_ENV, EXTERNAL_DEFAULT)
     for candidate in candidates:
         if (candidate / EXTERNAL_LABELS).is_file():
             return candidate

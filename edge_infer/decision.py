@@ -64,6 +64,14 @@ def _validate_threshold(mode: str, threshold: float | None) -> float | None:
     return threshold
 
 
+def requested_mode(mode: Mode | None, threshold: float | None) -> Mode:
+    """The mode a user's options ask for: a threshold alone implies high-sensitivity, and a
+    threshold with argmax is refused (ValueError), since argmax would silently ignore it."""
+    if mode == "argmax" and threshold is not None:
+        raise ValueError("a threshold applies to high-sensitivity mode only")
+    return mode or ("high-sensitivity" if threshold is not None else "argmax")
+
+
 def decide(
     probs: Sequence[float],
     mode: Mode = "argmax",

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from edge_infer.classifier import Classifier
 from edge_infer.decision import Decision, Mode
 from edge_infer.manifest import ModelEntry
-from edge_infer.preprocess import ImageSource, decode_image, to_model_input
+from edge_infer.preprocess import ImageSource, preprocess_image
 
 
 class ClassifierPool:
@@ -39,6 +39,6 @@ class ClassifierPool:
     def classify(self, source: ImageSource, mode: Mode = "argmax",
                  threshold: float | None = None) -> Decision:
         """Decode and preprocess (no interpreter needed), then classify on a free Classifier."""
-        image = to_model_input(decode_image(source).image)
+        image = preprocess_image(source)
         with self.borrow() as classifier:
             return classifier.classify_array(image, mode, threshold)

@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from edge_infer.api_models import ErrorMessage, Health, ManifestEntry, Prediction
 from edge_infer.body_limit import TOO_LARGE, BodySizeLimit
-from edge_infer.decision import Mode
+from edge_infer.decision import Mode, requested_mode
 from edge_infer.pool import ClassifierPool
 from edge_infer.preprocess import ImageError, NotAnImage
 
@@ -77,14 +77,15 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
                         "model's validated threshold.")] = None,
     ) -> dict:
         """Classify one image. 422: an empty, corrupt or truncated image, or a bad field."""
-        if mode == "argmax" and threshold is not None:
-            raise HTTPException(UNPROCESSABLE, "threshold applies to mode high-sensitivity only")
+        try:
+            chosen_mode = requested_mode(mode, threshold)
+        except ValueError as err:
+            raise HTTPException(UNPROCESSABLE, str(err)) from None
         data = await file.read()
         if len(data) > max_upload_bytes:
             raise HTTPException(TOO_LARGE, too_large)
-        mode = mode or ("high-sensitivity" if threshold is not None else "argmax")
         try:
-            decision = await run_in_threadpool(pool.classify, data, mode, threshold)
+            decision = await run_in_threadpool(pool.classify, data, chosen_mode, threshold)
         except NotAnImage as err:
             raise HTTPException(UNSUPPORTED, str(err)) from None
         except ImageError as err:

@@ -17,7 +17,7 @@ class InterpreterMissing(RuntimeError):
     """Neither ai-edge-litert nor tflite-runtime is installed."""
 
 
-def interpreter_class():
+def interpreter_class() -> type:
     """The TFLite Interpreter class: ai-edge-litert, else the older tflite-runtime."""
     try:
         from ai_edge_litert.interpreter import Interpreter

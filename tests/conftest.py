@@ -1,4 +1,5 @@
-"""Shared fixtures: the real BUSI folder and the committed split manifest."""
+"""Shared fixtures: the real BUSI folder, the committed split manifest, the shipped models'
+manifest and the shipped int8 classifier."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from edge_infer.classifier import Classifier
 from edge_infer.datasets import read_split, resolve_busi_dir
+from edge_infer.manifest import ModelError, read_manifest
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +23,17 @@ def busi_root() -> Path:
 @pytest.fixture(scope="session")
 def split_rows():
     return read_split()
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict:
+    try:
+        return read_manifest()
+    except ModelError as err:
+        pytest.skip(f"no models shipped: {err}")
+
+
+@pytest.fixture(scope="session")
+def classifier(manifest: dict) -> Classifier:
+    """The shipped int8 model on one interpreter thread (used from one thread at a time)."""
+    return Classifier("int8", threads=1)

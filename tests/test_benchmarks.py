@@ -16,6 +16,7 @@ import pytest
 from benchmarks.evaluate import malignant_figures
 from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
 from benchmarks.metrics import (
+    agreement,
     auc_benign_vs_malignant,
     bootstrap_headline,
     bootstrap_interval,
@@ -30,6 +31,7 @@ from benchmarks.report import HEADINGS, JSON_NAME, MARKDOWN_NAME, external_secti
 from benchmarks.targets import check_targets
 from edge_infer.datasets import EXTERNAL_LABELS, models_dir, resolve_external_dir
 from edge_infer.manifest import MANIFEST_FILENAME, read_manifest
+from edge_infer.spec import CLASS_NAMES
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +106,19 @@ def test_bootstrap_headline_brackets_the_point_estimates() -> None:
                            ("malignant_recall", "malignant_recall_at_threshold")):
         low, high = intervals[key]
         assert low <= point[point_key] <= high
+
+
+def test_agreement_on_hand_built_arrays() -> None:
+    reference = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
+    probs = np.array([[0.5, 0.4, 0.1], [0.2, 0.6, 0.2], [0.3, 0.3, 0.4], [0.4, 0.5, 0.1]])
+    result = agreement(reference, probs)
+    assert result == {"agreement": 0.75, "max_abs_dprob": pytest.approx(0.3),
+                      "mean_abs_dprob": pytest.approx(1.2 / 12)}
+    assert agreement(reference, reference) == {
+        "agreement": 1.0, "max_abs_dprob": 0.0, "mean_abs_dprob": 0.0}
+    # float32 reference against uint8-step probabilities (the int8 case)
+    quantized = np.round(reference * 256) / 256
+    assert agreement(reference.astype(np.float32), quantized)["agreement"] == 1.0
 
 
 def test_malignant_called_by_argmax_or_threshold() -> None:
@@ -364,10 +379,9 @@ def test_evaluate_reproduces_the_reports_external_figures(quick_run: tuple[dict,
     int8 = results["external"].get("variants", {}).get("tflite-int8")
     if root is None or int8 is None:
         pytest.skip("no external test set, or no int8 model")
-    names = ("normal", "benign", "malignant")
     table = tmp_path / EXTERNAL_LABELS
     table.write_text("file,label\n" + "".join(
-        f"{root / file},{names[label]}\n"
+        f"{root / file},{CLASS_NAMES[label]}\n"
         for file, label in zip(results["external"]["files"], results["external"]["labels"])))
     out = tmp_path / "evaluation.json"
     done = subprocess.run([sys.executable, "-c", "from edge_infer.cli import main; main()",

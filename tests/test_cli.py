@@ -9,18 +9,17 @@ import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import sysconfig
 import warnings
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from fake_images import png_header_only
 from PIL import Image
 
 from edge_infer import manifest as manifest_module
@@ -28,7 +27,7 @@ from edge_infer.classifier import Classifier
 from edge_infer.cli import PROGRESS_MIN_IMAGES, main
 from edge_infer.datasets import split_files
 from edge_infer.decision import decide
-from edge_infer.manifest import MANIFEST_FILENAME, ModelError, read_manifest, resolve_model
+from edge_infer.manifest import MANIFEST_FILENAME, ModelError, resolve_model
 from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
 
 DECISION_KEYS = ("prediction", "argmax_prediction", "forced_malignant", "mode", "threshold",
@@ -129,17 +128,6 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG signature + IHDR + IEND: claims a size without carrying any pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 def console_script() -> Path:
     """The installed `edge-infer` of this interpreter's environment."""
     installed = Path(sysconfig.get_path("scripts")) / "edge-infer"
@@ -161,20 +149,17 @@ def run_python(code: str, *args: object) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
 
 
+def modules_loaded_by(code: str, packages: tuple[str, ...], *args: object) -> str:
+    """Run CODE (given ARGS) in a fresh interpreter; the modules of `packages` it loaded, as
+    the printed sorted list ('[]' when none)."""
+    done = run_python(f"{code}; import sys; "
+                      f"print(sorted(m for m in sys.modules if m.split('.')[0] in {packages!r}))",
+                      *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 # --- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def manifest() -> dict:
-    try:
-        return read_manifest()
-    except ModelError as err:
-        pytest.skip(f"no models shipped: {err}")
-
-
-@pytest.fixture(scope="session")
-def classifier(manifest: dict) -> Classifier:
-    return Classifier("int8")
 
 
 @pytest.fixture(scope="session")
@@ -218,11 +203,8 @@ def scans_folder(tmp_path: Path, test_images: list[Path]) -> Path:
 
 
 def test_importing_the_runtime_does_not_import_tensorflow() -> None:
-    code = ("import sys, edge_infer, edge_infer.cli, edge_infer.classifier; "
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r}))")
-    done = run_python(code)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    code = "import edge_infer, edge_infer.cli, edge_infer.classifier"
+    assert modules_loaded_by(code, HEAVY_MODULES) == "[]"
 
 
 @pytest.mark.parametrize("args", [
@@ -745,11 +727,8 @@ def test_console_script_from_another_directory(manifest: dict, scans_folder: Pat
 
 def test_classifying_does_not_import_tensorflow(manifest: dict, scan: Path) -> None:
     code = ("import sys; from edge_infer.classifier import Classifier; "
-            "Classifier('int8').classify(sys.argv[1]); "
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY_MODULES!r}))")
-    done = run_python(code, scan)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+            "Classifier('int8').classify(sys.argv[1])")
+    assert modules_loaded_by(code, HEAVY_MODULES, scan) == "[]"
 
 
 # --- evaluate: a model's figures on labelled images ----------------------------------------
@@ -862,11 +841,8 @@ def assert_figures(report: dict, expected: dict) -> None:
 
 
 def test_importing_the_cli_does_not_import_the_metrics_stack() -> None:
-    code = ("import sys, edge_infer, edge_infer.cli, edge_infer.inputs; "
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {LIGHT_MODULES!r}))")
-    done = run_python(code)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    code = "import edge_infer, edge_infer.cli, edge_infer.inputs"
+    assert modules_loaded_by(code, LIGHT_MODULES) == "[]"
 
 
 def test_evaluate_a_class_tree(classifier: Classifier, test_images: list[Path],

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_infer.decision import decide
+from edge_infer.decision import decide, requested_mode
 from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
 
 SEVERITY = {name: rank for rank, name in enumerate(CLASS_NAMES)}
@@ -222,6 +222,24 @@ def test_sum_tolerance_accepts_rounded_model_output() -> None:
 def test_bad_threshold_or_mode(mode: str, threshold: float | None, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         decide([0.2, 0.3, 0.5], mode=mode, threshold=threshold)  # type: ignore[arg-type]
+
+
+# --- the mode a user's options ask for ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "threshold", "chosen"),
+    [(None, None, "argmax"), (None, 0.3, HS), (HS, None, HS), (HS, 0.3, HS),
+     ("argmax", None, "argmax")],
+)
+def test_a_threshold_implies_high_sensitivity(mode: str | None, threshold: float | None,
+                                              chosen: str) -> None:
+    assert requested_mode(mode, threshold) == chosen  # type: ignore[arg-type]
+
+
+def test_argmax_with_a_threshold_is_refused() -> None:
+    with pytest.raises(ValueError, match="high-sensitivity mode only"):
+        requested_mode("argmax", 0.3)
 
 
 # --- the JSON schema ---------------------------------------------------------------------

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import builtins
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fake_images import png_header_only
 from PIL import Image
 
 from edge_infer import preprocess
-from edge_infer.datasets import list_busi_images, resolve_busi_dir
+from edge_infer.datasets import list_busi_images
 from edge_infer.preprocess import ImageError, decode_image, preprocess_image, to_model_input
 from edge_infer.spec import INPUT_SHAPE, INPUT_SIZE
 
@@ -50,26 +49,7 @@ def save(image: Image.Image, path: Path, **params) -> Path:
     return path
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG signature + IHDR + IEND: claims a size without carrying any pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 # --- real BUSI files ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def busi_root() -> Path:
-    try:
-        return resolve_busi_dir()
-    except FileNotFoundError:
-        pytest.skip("BUSI dataset not found (set BUSI_DIR to run the real-file tests)")
 
 
 @pytest.fixture(scope="module")
@@ -341,14 +321,18 @@ def marked_jpeg(path: Path, orientation: int) -> Path:
     return save(image, path, exif=exif.tobytes(), quality=95, subsampling=0)
 
 
-def red_corners(rgb: np.ndarray, k: int = 4) -> set[str]:
-    corners = {
-        "top-left": rgb[:k, :k],
-        "top-right": rgb[:k, -k:],
-        "bottom-left": rgb[-k:, :k],
-        "bottom-right": rgb[-k:, -k:],
+def corner_blocks(array: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """The k x k block in each corner of an image array, by name."""
+    return {
+        "top-left": array[:k, :k],
+        "top-right": array[:k, -k:],
+        "bottom-left": array[-k:, :k],
+        "bottom-right": array[-k:, -k:],
     }
-    red = {name: block.mean(axis=(0, 1)) for name, block in corners.items()}
+
+
+def red_corners(rgb: np.ndarray, k: int = 4) -> set[str]:
+    red = {name: block.mean(axis=(0, 1)) for name, block in corner_blocks(rgb, k).items()}
     for colour in red.values():  # every corner is either clearly red or clearly black
         assert colour[1] < 40 and colour[2] < 40 and (colour[0] > 200 or colour[0] < 40)
     return {name for name, colour in red.items() if colour[0] > 200}
@@ -356,13 +340,7 @@ def red_corners(rgb: np.ndarray, k: int = 4) -> set[str]:
 
 def bright_corners(luma: np.ndarray, k: int = 4) -> set[str]:
     """In the model input the red mark is grey at red's luma, 76; the rest stays black."""
-    corners = {
-        "top-left": luma[:k, :k],
-        "top-right": luma[:k, -k:],
-        "bottom-left": luma[-k:, :k],
-        "bottom-right": luma[-k:, -k:],
-    }
-    means = {name: float(block.mean()) for name, block in corners.items()}
+    means = {name: float(block.mean()) for name, block in corner_blocks(luma, k).items()}
     for value in means.values():
         assert abs(value - LUMA[(255, 0, 0)]) <= 4 or value < 4
     return {name for name, value in means.items() if value > 40}

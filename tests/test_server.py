@@ -27,7 +27,6 @@ from edge_infer.classifier import Classifier
 from edge_infer.cli import main
 from edge_infer.datasets import split_files
 from edge_infer.decision import Decision, decide
-from edge_infer.manifest import ModelError, read_manifest
 from edge_infer.server import FORM_OVERHEAD_BYTES, STATIC_DIR, create_app
 from edge_infer.spec import CLASS_NAMES
 
@@ -41,19 +40,6 @@ DECISION_FIELDS = set(Decision.__dataclass_fields__)
 
 
 # --- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def manifest() -> dict:
-    try:
-        return read_manifest()
-    except ModelError as err:
-        pytest.skip(f"no models shipped: {err}")
-
-
-@pytest.fixture(scope="module")
-def classifier(manifest: dict) -> Classifier:
-    return Classifier("int8", threads=1)
 
 
 @pytest.fixture(scope="module")
