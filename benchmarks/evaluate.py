@@ -3,7 +3,7 @@ bootstrap interval, a readable summary, and the JSON behind it.
 
 Every figure comes from `benchmarks.metrics`. The external-hospital section of the benchmark
 report uses `malignant_figures` from here, so `edge-infer evaluate` on the same images gives
-the same numbers. Needs scikit-learn (the [bench] extra): `edge_infer.cli` imports this module
+the same numbers. Needs scikit-learn (the [evaluate] extra): `edge_infer.cli` imports this module
 only when `evaluate` runs, so the runtime stays light.
 """
 

@@ -203,7 +203,7 @@ def info(as_json: bool) -> None:
 
 
 def _load_evaluation(plots: bool) -> ModuleType:
-    """benchmarks.evaluate (and benchmarks.plots), or one line naming the [bench] extra and
+    """benchmarks.evaluate (and benchmarks.plots), or one line naming the [evaluate] extra and
     exit code 1: scikit-learn and matplotlib are not part of the light runtime."""
     try:
         import sklearn  # noqa: F401
@@ -214,7 +214,7 @@ def _load_evaluation(plots: bool) -> ModuleType:
     except ImportError as err:
         needed = "scikit-learn and matplotlib" if plots else "scikit-learn"
         click.echo(f"error: edge-infer evaluate needs {needed} ({err.name} is missing): "
-                   f"pip install \".[bench]\"", err=True)
+                   f"pip install \".[evaluate]\"", err=True)
         sys.exit(EXIT_MODEL)
     return evaluate
 
@@ -244,7 +244,7 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
 
     Prints accuracy, balanced accuracy, per-class precision / recall, the confusion matrix,
     malignant sensitivity and specificity, and the benign-vs-malignant ROC-AUC, with 95 %
-    bootstrap intervals. Needs the [bench] extra (scikit-learn; matplotlib for --plots).
+    bootstrap intervals. Needs the [evaluate] extra (scikit-learn; matplotlib for --plots).
     Exit 3: some images could not be read; 4: some labels are not class names (each named on
     stderr; everything else is still evaluated).
     """

@@ -1047,7 +1047,7 @@ def test_evaluate_without_scikit_learn_names_the_extra(manifest: dict, lesion_tr
     result = run("evaluate", lesion_tree)
     assert_exit(result, 1)
     assert result.stdout == ""
-    assert_one_error(result.stderr, "scikit-learn", 'pip install ".[bench]"')
+    assert_one_error(result.stderr, "scikit-learn", 'pip install ".[evaluate]"')
 
 
 def test_evaluate_help_lists_its_options() -> None:

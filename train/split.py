@@ -36,7 +36,8 @@ def image_hashes(root: Path, files: list[str]) -> tuple[list[str], np.ndarray]:
     """Pixel sha256 and perceptual-hash bits of every file's grey image."""
     pixel_hashes, bits = [], []
     for name in files:
-        grey = Image.open(root / name).convert("L")
+        with Image.open(root / name) as image:
+            grey = image.convert("L")
         pixel_hashes.append(hashlib.sha256(np.asarray(grey).tobytes()).hexdigest())
         bits.append(imagehash.phash(grey, hash_size=PHASH_SIZE).hash.flatten())
     return pixel_hashes, np.array(bits)
