@@ -1,5 +1,6 @@
 """The benchmark: its metric helpers on hand-computed cases, the ONNX input freezing, the
-target verdicts, and a `--quick` run of `python -m benchmarks` written into a temporary folder.
+target verdicts, a `--quick` run of `python -m benchmarks` written into a temporary folder, and
+a small run of the web app's load test (`python -m benchmarks.load`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from benchmarks.evaluate import malignant_figures
 from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
@@ -404,3 +406,34 @@ def test_evaluate_reproduces_the_reports_external_figures(quick_run: tuple[dict,
             figures["high_sensitivity"]["intervals_95"][theirs])
     assert report["metrics"]["malignant_recall_argmax"] == pytest.approx(
         figures["argmax"]["sensitivity"])
+
+
+# --- the web app under load ------------------------------------------------------------------
+
+
+LOAD_KEYS = {"schema_version", "created", "command", "server", "requests", "clients", "images",
+             "timeout_s", "errors", "mismatches", "examples", "duration_s", "requests_per_s",
+             "latency_ms", "single_latency_ms", "passed", "machine"}
+
+
+def test_load_test_answers_equal_single_requests(tmp_path: Path, busi_root: Path,
+                                                 manifest: dict) -> None:
+    pytest.importorskip("uvicorn")
+    from benchmarks import load
+
+    result = CliRunner().invoke(load.main, ["--requests", "16", "--clients", "4", "--timeout",
+                                            "120", "--out", str(tmp_path), "--busi-dir",
+                                            str(busi_root)])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / load.JSON_NAME).read_text())
+    assert set(results) == LOAD_KEYS
+    assert (results["requests"], results["clients"], results["images"]) == (16, 4, 16)
+    assert (results["errors"], results["mismatches"], results["examples"]) == (0, 0, [])
+    assert results["passed"] and results["requests_per_s"] > 0
+    assert results["server"]["workers"] == 2 and results["server"]["threads"] == 1
+    assert "--host 127.0.0.1" in results["server"]["command"]
+    for stats in (results["latency_ms"], results["single_latency_ms"]):
+        assert set(stats) == {"p50", "p95", "p99", "mean", "max"}
+        assert 0 < stats["p50"] <= stats["p95"] <= stats["p99"] <= stats["max"]
+    assert "load_average_at_end" in results["machine"]
+    assert "| 16 | 4 | 2 × 1 | 0 | 0 |" in (tmp_path / load.MARKDOWN_NAME).read_text()

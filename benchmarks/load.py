@@ -1,0 +1,251 @@
+"""`python -m benchmarks.load`: a bounded load test of the web app.
+
+Starts `edge-infer serve` on a free 127.0.0.1 port in a child process, asks it about each BUSI
+test image once (one request at a time), then sends a fixed number of POST /predict requests
+from concurrent clients, counts errors and answers that differ from the single-request answer
+for the same image, stops the server and writes load.json and load.md. The whole run has a hard
+time limit. Needs the [serve] extra and httpx (both in [dev]).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Union
+
+import click
+import httpx
+import numpy as np
+
+from benchmarks.cli import DEFAULT_OUT
+from benchmarks.latency import child_env
+from benchmarks.machine import machine_info
+from edge_infer.datasets import resolve_busi_dir, split_files
+
+SCHEMA_VERSION = 1
+HOST = "127.0.0.1"  # the only address this test ever talks to
+JSON_NAME = "load.json"
+MARKDOWN_NAME = "load.md"
+PERCENTILES = (50, 95, 99)
+MAX_REQUESTS, MAX_CLIENTS = 10_000, 64
+STOP_SECONDS = 10.0
+EXAMPLES = 5  # error and mismatch messages kept in the report
+
+Answer = Union[dict, str]  # the JSON of a 200 answer, or what went wrong
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(url: str, server: subprocess.Popen, log: IO[str], deadline: float) -> dict:
+    """The server's /healthz answer; RuntimeError with its log if it exits or the deadline
+    passes first."""
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            response = httpx.get(f"{url}/healthz", timeout=1.0, trust_env=False)
+            if response.status_code == 200:
+                return response.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    log.seek(0)
+    raise RuntimeError(f"the server did not answer /healthz:\n{log.read()[-3000:]}")
+
+
+@contextmanager
+def served(model: str, workers: int, threads: int,
+           deadline: float) -> Iterator[tuple[str, dict, list[str]]]:
+    """`edge-infer serve` on a free loopback port, once /healthz answers: its base URL, health
+    and arguments. The server is stopped on the way out."""
+    port = free_port()
+    args = ["serve", "--host", HOST, "--port", str(port), "--model", model,
+            "--threads", str(threads), "--workers", str(workers)]
+    with tempfile.TemporaryFile("w+") as log:
+        server = subprocess.Popen([sys.executable, "-c", "from edge_infer.cli import main; main()",
+                                   *args], stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        try:
+            url = f"http://{HOST}:{port}"
+            yield url, _wait_until_up(url, server, log, deadline), args
+        finally:
+            server.terminate()
+            try:
+                server.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+async def _post(client: httpx.AsyncClient, name: str, data: bytes) -> tuple[float, Answer]:
+    """Seconds for one POST /predict and its answer."""
+    start = time.perf_counter()
+    try:
+        response = await client.post("/predict", files={"file": (name, data, "image/png")})
+    except httpx.HTTPError as err:
+        return time.perf_counter() - start, f"{name}: {type(err).__name__}: {err}"
+    seconds = time.perf_counter() - start
+    if response.status_code != 200:
+        return seconds, f"{name}: HTTP {response.status_code}: {response.text[:200]}"
+    return seconds, response.json()
+
+
+def latency_ms(seconds: list[float]) -> dict:
+    """p50/p95/p99, mean and max in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
+    stats = {f"p{q}": float(np.percentile(ms, q)) for q in PERCENTILES}
+    return {**stats, "mean": float(ms.mean()), "max": float(ms.max())}
+
+
+async def _measure(url: str, uploads: list[tuple[str, bytes]], requests: int, clients: int,
+                   timeout_s: float) -> dict:
+    """Each image once, one at a time; then `requests` requests (cycling through the images)
+    from `clients` concurrent clients, each answer compared with that image's single answer."""
+    def client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=url, timeout=timeout_s, trust_env=False)
+
+    async with client() as alone:
+        singles = [await _post(alone, name, data) for name, data in uploads]
+    problems = [answer for _, answer in singles if isinstance(answer, str)]
+    errors, mismatches, seconds = len(problems), 0, []
+    todo = iter(range(requests))
+
+    async def one_client() -> None:
+        nonlocal errors, mismatches
+        async with client() as mine:
+            for i in todo:  # shared: each request index is taken by exactly one client
+                name, data = uploads[i % len(uploads)]
+                took, answer = await _post(mine, name, data)
+                seconds.append(took)
+                if isinstance(answer, str):
+                    errors += 1
+                    problems.append(answer)
+                elif answer != singles[i % len(uploads)][1]:
+                    mismatches += 1
+                    problems.append(f"{name}: differs from its single-request answer")
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    duration = time.perf_counter() - start
+    return {"errors": errors, "mismatches": mismatches, "examples": problems[:EXAMPLES],
+            "duration_s": duration, "requests_per_s": requests / duration,
+            "latency_ms": latency_ms(seconds),
+            "single_latency_ms": latency_ms([took for took, _ in singles])}
+
+
+def run_load(root: Path, requests: int = 200, clients: int = 8, workers: int = 2,
+             threads: int = 1, model: str = "int8", timeout_s: float = 300.0,
+             command: str = "") -> dict:
+    """Serve, measure and stop the server within `timeout_s` seconds (else TimeoutError);
+    the results (the content of load.json)."""
+    deadline = time.monotonic() + timeout_s
+    rows = split_files("test")[:requests]
+    uploads = [(Path(row.file).name, (root / row.file).read_bytes()) for row in rows]
+    machine = machine_info()
+    with served(model, workers, threads, deadline) as (url, health, args):
+        try:
+            measured = asyncio.run(asyncio.wait_for(
+                _measure(url, uploads, requests, clients, timeout_s), deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the load test took over {timeout_s:g} s and was stopped") from None
+    machine["load_average_at_end"] = machine_info()["load_average_1_5_15"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "server": {"command": shlex.join(["edge-infer", *args]), "model": health["model"],
+                   "workers": health["workers"], "threads": threads},
+        "requests": requests,
+        "clients": clients,
+        "images": len(uploads),
+        "timeout_s": timeout_s,
+        **measured,
+        "passed": measured["errors"] == 0 and measured["mismatches"] == 0,
+        "machine": machine,
+    }
+
+
+def _loads(values: list[float] | None) -> str:
+    return "—" if values is None else " / ".join(f"{v:.2f}" for v in values)
+
+
+def write_report(results: dict, out: Path) -> tuple[Path, Path]:
+    """load.json (everything) and load.md (one table) in `out`; their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / JSON_NAME, out / MARKDOWN_NAME
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    server, ms, machine = results["server"], results["latency_ms"], results["machine"]
+    lines = [
+        "# Web app load test", "",
+        f"`{results['command']}` ({results['created']}) against `{server['command']}` "
+        f"({server['model']}).", "",
+        "| Requests | Clients | Workers × threads | Errors | Differing answers | Requests/s "
+        "| p50 (ms) | p95 (ms) | p99 (ms) |",
+        "|" + "---|" * 9,
+        f"| {results['requests']} | {results['clients']} | {server['workers']} × "
+        f"{server['threads']} | {results['errors']} | {results['mismatches']} | "
+        f"{results['requests_per_s']:.1f} | {ms['p50']:.0f} | {ms['p95']:.0f} | "
+        f"{ms['p99']:.0f} |", "",
+        f"Requests cycle through {results['images']} BUSI test-split images; each answer (the "
+        "whole JSON: prediction, probabilities, flags) is compared with the answer to the same "
+        "image sent alone first (those single requests: p50 "
+        f"{results['single_latency_ms']['p50']:.0f} ms).", "",
+        f"Machine: {machine['cpu']}, {machine['cores_logical']} logical cores, shared by the "
+        f"server and the clients; load average (1 / 5 / 15 min) "
+        f"{_loads(machine['load_average_1_5_15'])} at the start, "
+        f"{_loads(machine['load_average_at_end'])} at the end.", "",
+    ]
+    if results["examples"]:
+        lines += ["Problems (first few):", "", *(f"- {p}" for p in results["examples"]), ""]
+    md_path.write_text("\n".join(lines))
+    return json_path, md_path
+
+
+@click.command(help=__doc__)
+@click.option("--requests", type=click.IntRange(1, MAX_REQUESTS), default=200,
+              show_default=True, help="POST /predict requests under load.")
+@click.option("--clients", type=click.IntRange(1, MAX_CLIENTS), default=8, show_default=True,
+              help="Concurrent clients.")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Server classifiers (one interpreter each).")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="Interpreter threads per worker.")
+@click.option("--model", default="int8", show_default=True, help="Model the server loads.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=300.0,
+              show_default=True, help="Hard limit in seconds for the whole run.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT,
+              show_default=True, help=f"Folder for {JSON_NAME} and {MARKDOWN_NAME}.")
+@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
+def main(requests: int, clients: int, workers: int, threads: int, model: str,
+         timeout_s: float, out: Path, busi_dir: str | None) -> None:
+    """Run the load test and write the report; exit 1 on any error or differing answer."""
+    command = " ".join(["python -m benchmarks.load", shlex.join(sys.argv[1:])]).strip()
+    try:
+        results = run_load(resolve_busi_dir(busi_dir), requests, clients, workers, threads,
+                           model, timeout_s, command)
+    except (OSError, RuntimeError) as err:  # includes FileNotFoundError and TimeoutError
+        raise click.ClickException(str(err)) from None
+    json_path, md_path = write_report(results, out)
+    ms = results["latency_ms"]
+    click.echo(f"{results['requests_per_s']:.1f} requests/s, p50 {ms['p50']:.0f} ms, p95 "
+               f"{ms['p95']:.0f} ms, p99 {ms['p99']:.0f} ms; wrote {md_path} and {json_path}",
+               err=True)
+    if not results["passed"]:
+        raise click.ClickException(f"{results['errors']} errors and {results['mismatches']} "
+                                   "answers differing from the single-request answers")
+
+
+if __name__ == "__main__":
+    main()
