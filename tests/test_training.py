@@ -126,3 +126,15 @@ def test_classifier_head_is_the_seeds():
     names = [layer.__class__.__name__ for layer in model.layers[2:]]
     assert names == ["GlobalAveragePooling2D", "Dropout", "Dense"]
     assert model.output_shape == (None, 3)
+
+
+def test_b0_input_scaling_is_the_same_before_and_after_saving(tmp_path):
+    backbone, _ = build_backbone(TrainConfig(arch="efficientnetb0", weights="none"))
+    model = classifier(backbone)
+    image = np.zeros((1, 224, 224, 3), np.float32)
+    scaled = keras.Model(backbone.input, backbone.get_layer("normalization").output)
+    assert np.allclose(scaled.predict(image, verbose=0), -127 / 128, atol=1e-5)
+    model.save(tmp_path / "b0.keras")
+    reloaded = keras.models.load_model(tmp_path / "b0.keras")
+    assert np.allclose(reloaded.predict(image, verbose=0), model.predict(image, verbose=0),
+                       atol=1e-6)

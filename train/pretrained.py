@@ -110,3 +110,6 @@ def match_b0_input_scaling_to_lite0(backbone: keras.Model) -> None:
         [np.full_like(mean, 127.0 / 255.0), np.full_like(variance, (128.0 / 255.0) ** 2)]
         + norm.get_weights()[2:]
     )
+    # The layer computes with tensors derived from these variables at build time; without
+    # this it would go on computing with the old ones until the model is saved and reloaded.
+    norm.finalize_state()
