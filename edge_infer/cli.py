@@ -329,8 +329,9 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
 
         from edge_infer.server import create_app
     except ImportError as err:
-        click.echo(f"error: the web app needs fastapi, uvicorn and python-multipart "
-                   f"({err.name} is missing): pip install \".[serve]\"", err=True)
+        click.echo(f"error: the web app needs fastapi, fastapi-offline, uvicorn and "
+                   f"python-multipart ({err.name} is missing): pip install \".[serve]\"",
+                   err=True)
         sys.exit(EXIT_MODEL)
     try:
         app = create_app(model_name, threads=threads, workers=workers,

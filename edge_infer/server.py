@@ -12,6 +12,7 @@ from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from edge_infer.api_models import ErrorMessage, Health, ManifestEntry, Prediction
 from edge_infer.body_limit import TOO_LARGE, BodySizeLimit
@@ -41,7 +42,9 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
     """The app serving one model from `workers` Classifiers of `threads` interpreter threads."""
     pool = ClassifierPool(model, threads=threads, size=workers)
     too_large = f"upload too large: the limit is {human_size(max_upload_bytes)}"
-    app = FastAPI(title="busi-edge", description=DESCRIPTION)
+    # /docs loads Swagger UI's files from the app, not a CDN; ReDoc (it fetches a logo from
+    # cdn.redoc.ly) is off
+    app = FastAPIOffline(title="busi-edge", description=DESCRIPTION, redoc_url=None)
     app.state.pool = pool
     app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES,
                        message=too_large)

@@ -6,6 +6,7 @@ Model-agnostic: it runs against whatever models are shipped and skips if there a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import sys
@@ -117,11 +118,15 @@ def test_the_page_needs_nothing_from_outside() -> None:
     assert "not a diagnosis" in files["index.html"]
 
 
-def test_serve_without_the_extra_is_one_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "uvicorn", None)  # makes `import uvicorn` fail
+@pytest.mark.parametrize("missing", ["uvicorn", "fastapi_offline"])
+def test_serve_without_the_extra_is_one_error_line(monkeypatch: pytest.MonkeyPatch,
+                                                   missing: str) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` fail
+    monkeypatch.delitem(sys.modules, "edge_infer.server")  # so that it is imported again
     result = CliRunner().invoke(main, ["serve"])
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and 'pip install ".[serve]"' in result.stderr
+    assert f"{missing} is missing" in result.stderr
 
 
 # --- the API -------------------------------------------------------------------------------
@@ -245,6 +250,21 @@ def test_the_page_and_its_files_are_served(client: TestClient) -> None:
         assert client.get(f"/static/{name}").status_code == 200
 
 
+def test_the_docs_page_needs_nothing_from_outside(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert "://" not in page.text and "//cdn" not in page.text
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert {url.rsplit(".", 1)[-1] for url in urls} == {"js", "css", "png"}
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 1000, url
+    assert "url: '/openapi.json'" in page.text
+    assert client.get("/docs/oauth2-redirect").status_code == 200
+    assert client.get("/redoc").status_code == 404  # ReDoc would fetch its logo from a CDN
+
+
 # --- concurrency ---------------------------------------------------------------------------
 
 
@@ -342,21 +362,30 @@ def _api_view(result: dict) -> dict:
             "uncertain": result["uncertain"], "bars": len(result["probs"])}
 
 
-def test_upload_in_headless_chromium(live_url: str, images: list[Path], tmp_path: Path) -> None:
+@contextmanager
+def _headless_chromium(tmp_path: Path) -> Iterator:
+    """A selenium driver of headless Chromium with its profile in `tmp_path`, or a skip."""
     browser, driver_path = _chromium()
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import WebDriverWait
-
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(driver_path))
-    wait = WebDriverWait(driver, BROWSER_WAIT_SECONDS)
-    path = images[1]
     try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_upload_in_headless_chromium(live_url: str, images: list[Path], tmp_path: Path) -> None:
+    with _headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        wait = WebDriverWait(driver, BROWSER_WAIT_SECONDS)
+        path = images[1]
         driver.get(live_url)
         driver.find_element(By.ID, "file").send_keys(str(path.resolve()))
         result = driver.find_element(By.ID, "result")
@@ -369,10 +398,34 @@ def test_upload_in_headless_chromium(live_url: str, images: list[Path], tmp_path
         wait.until(lambda _: "threshold 0.000" in driver.find_element(By.ID, "meta").text)
         forced = _shown(driver)
         driver.save_screenshot(str(tmp_path / "web_app_high_sensitivity.png"))
-    finally:
-        driver.quit()
     with httpx.Client(base_url=live_url, timeout=60) as http:
         assert argmax == _api_view(post(http, path).json())
         assert forced == _api_view(post(http, path, {"threshold": "0"}).json())
     assert forced["prediction"] == "malignant"
     assert (tmp_path / "web_app.png").stat().st_size > 0
+
+
+def test_docs_render_the_typed_api_in_headless_chromium(live_url: str, tmp_path: Path) -> None:
+    with _headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        wait = WebDriverWait(driver, BROWSER_WAIT_SECONDS)
+        driver.get(f"{live_url}/docs")
+        predict = wait.until(lambda _: driver.find_element(
+            By.CSS_SELECTOR, '.opblock-post .opblock-summary-path[data-path="/predict"]'))
+        assert predict.text == "/predict" and predict.is_displayed()
+        schemas = {title.text for title in driver.find_elements(
+            By.CSS_SELECTOR, "section.models .json-schema-2020-12__title")}
+        assert {"Prediction", "ErrorMessage", "Body_predict_predict_post"} <= schemas
+        predict.click()  # opens the operation: its form fields and typed responses
+        wait.until(lambda _: "multipart/form-data" in driver.find_element(
+            By.CSS_SELECTOR, ".opblock-post .opblock-body").text)
+        body = driver.find_element(By.CSS_SELECTOR, ".opblock-post .opblock-body").text
+        assert all(word in body for word in ("file", "mode", "threshold", "413", "415", "422"))
+        driver.save_screenshot(str(tmp_path / "docs.png"))
+        fetched = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(entry => entry.name)")
+    assert f"{live_url}/openapi.json" in fetched
+    assert all(url.startswith(f"{live_url}/") for url in fetched), fetched
+    assert (tmp_path / "docs.png").stat().st_size > 0
