@@ -112,7 +112,7 @@ quiet_option = click.option("--quiet", "-q", is_flag=True,
 
 
 def _table_row(name: str, result: dict) -> str:
-    probs = "  ".join(f"{result['probs'][c]:.3f}" for c in CLASS_NAMES)
+    probs = " ".join(f"{result['probs'][c]:>9.3f}" for c in CLASS_NAMES)
     flags = ",".join(f for f in ("forced" if result["forced_malignant"] else "",
                                  "uncertain" if result["uncertain"] else "") if f)
     return f"{result['prediction']:<10} {probs}  {flags or '-':<16} {name}"
@@ -152,7 +152,7 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
                          *(f"prob_{c}" for c in CLASS_NAMES), "forced_malignant",
                          "uncertain", "threshold", "margin"])
     elif not as_json:
-        click.echo(f"{'prediction':<10} {'  '.join(f'{c[:5]:>5}' for c in CLASS_NAMES)}  "
+        click.echo(f"{'prediction':<10} {' '.join(f'{c:>9}' for c in CLASS_NAMES)}  "
                    f"{'flags':<16} file")
     failures = list(found.errors)
     progress = tqdm(found.files, unit="img", file=sys.stderr,

@@ -298,7 +298,7 @@ def test_default_table(classifier: Classifier, test_images: list[Path]) -> None:
     result = run(*images)
     assert_exit(result, 0)
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["prediction", "norma", "benig", "malig", "flags", "file"]
+    assert header.split() == ["prediction", *CLASS_NAMES, "flags", "file"]
     assert len(rows) == len(images)
     for row, path in zip(rows, images):
         prediction, *probs, flags, name = row.split(None, 5)

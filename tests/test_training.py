@@ -21,6 +21,7 @@ from train.architectures import (  # noqa: E402
 from train.pretrained import (  # noqa: E402
     LITE0_WEIGHTS_FILE,
     WeightsError,
+    input_normalization,
     lite0_imagenet_classifier,
     load_into_backbone,
     make_b0_se_pass_through,
@@ -132,7 +133,7 @@ def test_b0_input_scaling_is_the_same_before_and_after_saving(tmp_path):
     backbone, _ = build_backbone(TrainConfig(arch="efficientnetb0", weights="none"))
     model = classifier(backbone)
     image = np.zeros((1, 224, 224, 3), np.float32)
-    scaled = keras.Model(backbone.input, backbone.get_layer("normalization").output)
+    scaled = keras.Model(backbone.input, input_normalization(backbone).output)
     assert np.allclose(scaled.predict(image, verbose=0), -127 / 128, atol=1e-5)
     model.save(tmp_path / "b0.keras")
     reloaded = keras.models.load_model(tmp_path / "b0.keras")

@@ -102,9 +102,15 @@ def make_b0_se_pass_through(backbone: keras.Model) -> int:
     return count
 
 
+def input_normalization(backbone: keras.Model) -> keras.layers.Normalization:
+    """B0's input Normalization layer (found by type: Keras numbers its name per process)."""
+    return next(layer for layer in backbone.layers
+                if isinstance(layer, keras.layers.Normalization))
+
+
 def match_b0_input_scaling_to_lite0(backbone: keras.Model) -> None:
     """Make B0's x/255 -> Normalization give Lite0's (x - 127) / 128, for Lite0-initialised B0."""
-    norm = backbone.get_layer("normalization")
+    norm = input_normalization(backbone)
     mean, variance = norm.get_weights()[:2]
     norm.set_weights(
         [np.full_like(mean, 127.0 / 255.0), np.full_like(variance, (128.0 / 255.0) ** 2)]
