@@ -1,6 +1,8 @@
 """The project's one implementation of every metric (scikit-learn underneath).
 
 Training, conversion, benchmarks and `edge-infer evaluate` all report through these functions.
+The few the light runtime needs without scikit-learn (`edge-infer calibrate`) live in
+`edge_infer.calibration` and `edge_infer.rates` and are used from there by everyone.
 """
 
 from __future__ import annotations
@@ -19,32 +21,19 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from edge_infer.calibration import TARGET_MALIGNANT_RECALL, choose_threshold  # noqa: F401  (train)
+from edge_infer.rates import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_interval,
+    malignant_called,
+    malignant_recall_specificity,
+)
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
 
 NORMAL_INDEX = CLASS_NAMES.index("normal")
 
-TARGET_MALIGNANT_RECALL = 0.95
 CALIBRATION_BINS = 10
-BOOTSTRAP_RESAMPLES = 1000
-BOOTSTRAP_SEED = 0
-
-
-def malignant_recall_specificity(y_true: np.ndarray, malignant_called: np.ndarray) -> tuple:
-    """Sensitivity and specificity of 'called malignant' against 'is malignant'."""
-    positive = np.asarray(y_true) == MALIGNANT_INDEX
-    called = np.asarray(malignant_called, dtype=bool)
-    recall = float(called[positive].mean()) if positive.any() else float("nan")
-    specificity = float((~called[~positive]).mean()) if (~positive).any() else float("nan")
-    return recall, specificity
-
-
-def malignant_called(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Which images are called malignant: argmax, or prob_malignant >= threshold if given."""
-    probs = np.asarray(probs, dtype=np.float64)
-    called = probs.argmax(axis=1) == MALIGNANT_INDEX
-    if threshold is not None:
-        called |= probs[:, MALIGNANT_INDEX] >= threshold
-    return called
 
 
 def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
@@ -56,21 +45,6 @@ def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
         "max_abs_dprob": float(delta.max()),
         "mean_abs_dprob": float(delta.mean()),
     }
-
-
-def choose_threshold(
-    y_true: np.ndarray, prob_malignant: np.ndarray, target_recall: float = TARGET_MALIGNANT_RECALL
-) -> float:
-    """The highest T with recall(prob_malignant >= T) >= target on these (validation) labels.
-
-    Candidates are the malignant images' own probabilities, so T is the k-th largest of them,
-    with k the fewest malignant images that must be caught to reach the target recall.
-    """
-    positives = np.sort(np.asarray(prob_malignant)[np.asarray(y_true) == MALIGNANT_INDEX])[::-1]
-    if positives.size == 0:
-        raise ValueError("no malignant images to choose a threshold on")
-    needed = int(np.ceil(target_recall * positives.size - 1e-9))
-    return float(positives[max(needed, 1) - 1])
 
 
 def classification_metrics(
@@ -171,18 +145,6 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray,
                  / total)
 
 
-def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int,
-                       n_resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
-                       seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
-    """Seeded percentile bootstrap interval of statistic(indices); NaN resamples ignored."""
-    rng = np.random.default_rng(seed)
-    values = np.array([statistic(rng.integers(0, n, size=n)) for _ in range(n_resamples)],
-                      dtype=np.float64)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.nanpercentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
 def headline_statistics(y_true: np.ndarray, probs: np.ndarray,
                         threshold: float | None) -> dict[str, Callable[[np.ndarray], float]]:
     """Accuracy, macro-F1 and malignant recall at T as functions of resample indices."""
@@ -244,3 +206,16 @@ def bootstrap_headline(y_true: np.ndarray, probs: np.ndarray, threshold: float |
     """95 % bootstrap intervals [low, high] of accuracy, macro-F1 and malignant recall."""
     return bootstrap_statistics(headline_statistics(y_true, probs, threshold), len(y_true),
                                 n_resamples, seed)
+
+
+def lesion_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float | None) -> dict:
+    """For a site without normal images (BUS-BRA): benign-vs-malignant AUROC, malignant
+    sensitivity / specificity at argmax and at T, and how many lesions were called normal."""
+    probs = np.asarray(probs, dtype=np.float64)
+    sens, spec = malignant_recall_specificity(y_true, malignant_called(probs))
+    sens_t, spec_t = malignant_recall_specificity(y_true, malignant_called(probs, threshold))
+    return {"n": int(len(y_true)),
+            "auc_benign_vs_malignant": auc_benign_vs_malignant(y_true, probs[:, MALIGNANT_INDEX]),
+            "malignant_recall_argmax": sens, "malignant_specificity_argmax": spec,
+            "malignant_recall_at_threshold": sens_t, "malignant_specificity_at_threshold": spec_t,
+            "called_normal": float((probs.argmax(axis=1) == NORMAL_INDEX).mean())}

@@ -19,10 +19,10 @@ from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
 from benchmarks.external import external_results
 from benchmarks.latency import run_worker
 from benchmarks.machine import machine_info
-from benchmarks.metrics import choose_threshold
 from benchmarks.onnx_variant import OnnxUnavailable, export_fp32, quantize_int8
 from benchmarks.targets import check_targets, latency_ratios, resource_ratios
 from benchmarks.variants import KerasRunner, OnnxRunner, TFLiteRunner, VariantSpec
+from edge_infer.calibration import choose_threshold
 from edge_infer.datasets import SPLIT_FILENAME, load_images, split_files
 from edge_infer.manifest import MANIFEST_FILENAME, read_manifest, resolve_model
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.metrics import agreement, choose_threshold, classification_metrics
+from benchmarks.metrics import agreement, classification_metrics
+from edge_infer.calibration import choose_threshold
 from edge_infer.spec import MALIGNANT_INDEX
 
 # Per-channel int8 stores a float32 scale and an int64 zero point per output channel (about

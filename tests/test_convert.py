@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.metrics import choose_threshold
 from convert import verify
 from convert.cli import main as convert_main
 from convert.tflite import VARIANTS, convert_model, float32_weight_bytes
+from edge_infer.calibration import choose_threshold
 from edge_infer.datasets import SPLIT_FILENAME, load_images, split_files
 from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.manifest import (
