@@ -145,6 +145,15 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray,
                  / total)
 
 
+def brier_score(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Multi-class Brier score: the mean over images of sum_k (p_k - [y = k])^2 (0 is perfect,
+    2 the worst); probabilities renormalised, as dequantized int8 sums to 1 only roughly."""
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    one_hot = np.eye(len(CLASS_NAMES))[np.asarray(y_true)]
+    return float(((probs - one_hot) ** 2).sum(axis=1).mean())
+
+
 def headline_statistics(y_true: np.ndarray, probs: np.ndarray,
                         threshold: float | None) -> dict[str, Callable[[np.ndarray], float]]:
     """Accuracy, macro-F1 and malignant recall at T as functions of resample indices."""

@@ -21,6 +21,10 @@ EXTERNAL_ENV = "BREAST_LESIONS_DIR"
 EXTERNAL_DEFAULT = Path("..") / "shared" / "datasets" / "breast_lesions_usg"
 EXTERNAL_LABELS = "labels.csv"
 SPLIT_FILENAME = "busi_split.csv"
+BUS_BRA_ENV = "BUS_BRA_DIR"
+BUS_BRA_DEFAULT = Path("..") / "shared" / "datasets" / "bus_bra"
+BUS_BRA_LABELS = "labels.csv"
+BUS_BRA_SPLIT_FILENAME = "bus_bra_split.csv"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
@@ -81,6 +85,18 @@ def resolve_external_dir(path: str | os.PathLike | None = None) -> Path:
     tried = ", ".join(str(c) for c in candidates)
     raise FileNotFoundError(f"external test set not found (no {EXTERNAL_LABELS} in {tried}); "
                             f"pass its folder or set {EXTERNAL_ENV}")
+
+
+def resolve_bus_bra_dir(path: str | os.PathLike | None = None) -> Path:
+    """The BUS-BRA folder (a second site for training and validation, split by patient): the
+    given path, else $BUS_BRA_DIR, else ../shared/... from the project root."""
+    candidates = _candidate_dirs(path, BUS_BRA_ENV, BUS_BRA_DEFAULT)
+    for candidate in candidates:
+        if (candidate / BUS_BRA_LABELS).is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"BUS-BRA not found (no {BUS_BRA_LABELS} in {tried}); "
+                            f"pass its folder or set {BUS_BRA_ENV}")
 
 
 def is_mask_file(name: str) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_infer.classifier import Classifier
-from edge_infer.datasets import read_split, resolve_busi_dir
+from edge_infer.datasets import read_split, resolve_bus_bra_dir, resolve_busi_dir
 from edge_infer.manifest import ModelError, read_manifest
 
 
@@ -37,3 +37,11 @@ def manifest() -> dict:
 def classifier(manifest: dict) -> Classifier:
     """The shipped int8 model on one interpreter thread (used from one thread at a time)."""
     return Classifier("int8", threads=1)
+
+
+@pytest.fixture(scope="session")
+def bus_bra_root() -> Path:
+    try:
+        return resolve_bus_bra_dir()
+    except FileNotFoundError as err:
+        pytest.skip(f"BUS-BRA absent: {err}")

@@ -139,3 +139,46 @@ def test_b0_input_scaling_is_the_same_before_and_after_saving(tmp_path):
     reloaded = keras.models.load_model(tmp_path / "b0.keras")
     assert np.allclose(reloaded.predict(image, verbose=0), model.predict(image, verbose=0),
                        atol=1e-6)
+
+
+def test_site_levers_keep_range_grey_and_add_marks(busi_root):
+    import tensorflow as tf
+
+    from train.site_augment import overlay_bank, site_augment
+
+    bank = overlay_bank(seed=0, size=32)
+    assert bank.shape == (32, 224, 224, 1)
+    marked = (bank.numpy() > 0).mean(axis=(1, 2, 3))
+    assert marked.min() > 0 and marked.max() < 0.1  # text and calipers, not a whole image
+    images, _ = load_images(split_files("train")[:16], busi_root)
+    out = site_augment(tf.constant(images, tf.float32), bank, seed=3).numpy()
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 255
+    assert np.array_equal(out[..., 0], out[..., 2])  # still a grey (luma) model input
+    assert not np.allclose(out, images)
+
+
+def test_lesion_metrics_of_a_site_without_normals():
+    from benchmarks.metrics import lesion_metrics
+
+    labels = np.array([1, 1, 2, 2])
+    probs = np.array([[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.1, 0.5, 0.4], [0.1, 0.2, 0.7]])
+    result = lesion_metrics(labels, probs, threshold=0.35)
+    assert result["auc_benign_vs_malignant"] == 1.0
+    assert result["malignant_recall_argmax"] == 0.5 and result["malignant_recall_at_threshold"] == 1
+    assert result["malignant_specificity_at_threshold"] == 1.0
+    assert result["called_normal"] == 0.25
+
+
+def test_a_seconds_long_fit_with_a_second_site(busi_root, bus_bra_root, split_rows, tmp_path):
+    from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, models_dir, read_split
+    from train.recipe import Site
+
+    site = Site("bus_bra", read_split(models_dir() / BUS_BRA_SPLIT_FILENAME), bus_bra_root)
+    config = TrainConfig(head_epochs=0, finetune_epochs=1, limit=2, batch_size=4, bus_bra=True,
+                         site_levers=True)
+    results = fit(config, split_rows, busi_root, tmp_path, site)
+    assert results["bus_bra_val"]["n"] == 4 and results["bus_bra_test"]["n"] == 4
+    assert "bus_bra_heldout" not in results  # trained on BUS-BRA: nothing of it is held out
+    assert "BUS-BRA" in results["threshold_rule"]
+    assert results["selection_score"] == pytest.approx(
+        (results["val"]["macro_f1"] + results["bus_bra_val"]["auc_benign_vs_malignant"]) / 2)

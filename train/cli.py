@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from edge_infer.datasets import read_split, resolve_busi_dir
+from edge_infer.datasets import (
+    BUS_BRA_SPLIT_FILENAME,
+    models_dir,
+    read_split,
+    resolve_bus_bra_dir,
+    resolve_busi_dir,
+)
 from train.architectures import ARCHITECTURES
 from train.pretrained import WeightsError
 from train.recipe import TrainConfig
@@ -45,9 +51,18 @@ DEFAULTS = TrainConfig()
               help="Run all 5 CV folds into OUT/fold<k> and write OUT/cv_summary.json.")
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Use at most N images per class in each part (smoke runs).")
+@click.option("--bus-bra", is_flag=True,
+              help="Train on BUS-BRA's training patients too (a second site, no normal class); "
+                   "its validation patients join early stopping and the threshold.")
+@click.option("--site-levers", is_flag=True,
+              help="Add the cross-site augmentations: gain/gamma, resolution loss, zoom-out, "
+                   "sector masks, burned-in text and calipers.")
+@click.option("--bus-bra-dir", type=click.Path(file_okay=False),
+              help="BUS-BRA folder (or $BUS_BRA_DIR). When found it is always evaluated: its "
+                   "validation patients (and all non-test ones if not trained on) per run.")
 def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs, head_lr,
          finetune_lr, batch_size, dropout, patience, class_weight_power, unfreeze_from, seed,
-         fold, cv, limit) -> None:
+         fold, cv, limit, bus_bra, site_levers, bus_bra_dir) -> None:
     from train.recipe import cross_validate, fit
 
     if cv and fold is not None:
@@ -57,19 +72,37 @@ def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs,
                          finetune_lr=finetune_lr, batch_size=batch_size, dropout=dropout,
                          patience=patience, class_weight_power=class_weight_power,
                          unfreeze_from=unfreeze_from, seed=seed, fold=fold,
-                         limit=limit)
+                         limit=limit, bus_bra=bus_bra, site_levers=site_levers)
     try:
         rows, root = read_split(split_file), resolve_busi_dir(busi_dir)
+        site = _bus_bra_site(bus_bra_dir, required=bus_bra)
         if cv:
-            click.echo(json.dumps(cross_validate(config, rows, root, out), indent=2))
+            click.echo(json.dumps(cross_validate(config, rows, root, out, site), indent=2))
             return
-        results = fit(config, rows, root, out)
+        results = fit(config, rows, root, out, site)
     except (WeightsError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     summary = {part: {k: round(results[part][k], 4)
                       for k in ("accuracy", "macro_f1", "malignant_recall_argmax")}
                for part in ("val", "test")}
+    if site:
+        summary["bus_bra_val_auc"] = round(results["bus_bra_val"]["auc_benign_vs_malignant"], 4)
+        summary["selection_score"] = round(results["selection_score"], 4)
     click.echo(json.dumps({"out": str(out), "threshold": results["threshold"], **summary}))
+
+
+def _bus_bra_site(path: str | None, required: bool):
+    """BUS-BRA with its patient split, or None (with a note) when absent and not required."""
+    from train.recipe import Site
+
+    try:
+        root = resolve_bus_bra_dir(path)
+    except FileNotFoundError as err:
+        if required:
+            raise
+        click.echo(f"note: {err}; training and evaluating on BUSI only", err=True)
+        return None
+    return Site("bus_bra", read_split(models_dir() / BUS_BRA_SPLIT_FILENAME), root)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmarks.metrics import choose_threshold, classification_metrics
+from benchmarks.metrics import choose_threshold, classification_metrics, lesion_metrics
 from edge_infer.datasets import SplitRow, load_images
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX, PREPROCESSING_ID
 from train.architectures import (
@@ -56,6 +56,17 @@ class TrainConfig:
     seed: int = 0
     fold: int | None = None
     limit: int | None = None
+    bus_bra: bool = False
+    site_levers: bool = False
+
+
+@dataclass(frozen=True)
+class Site:
+    """A second site's split rows and image folder (BUS-BRA: benign and malignant only)."""
+
+    name: str
+    rows: list[SplitRow]
+    root: Path
 
 
 def _lite0_weights_path(weights: str) -> Path:
@@ -154,15 +165,42 @@ def _compile(model: keras.Model, learning_rate, config: TrainConfig) -> None:
     )
 
 
-def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Path) -> dict:
-    """Train one model, evaluate it on val and test, save model + config + metrics in out_dir."""
+def _site_arrays(site: Site, config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    parts = select_rows(site.rows, config)
+    if not config.bus_bra:  # never trained on: every non-test patient is held-out validation
+        parts["heldout"] = parts["train"] + parts["val"]
+    return {name: load_images(part, site.root, desc=f"{site.name} {name}")
+            for name, part in parts.items() if part}
+
+
+def _joined(*arrays: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.concatenate([images for images, _ in arrays]),
+            np.concatenate([labels for _, labels in arrays]))
+
+
+def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Path,
+        site: Site | None = None) -> dict:
+    """Train one model, evaluate it on val and test, save model + config + metrics in out_dir.
+
+    With a second site, its patients are always evaluated (benign-vs-malignant metrics); with
+    `config.bus_bra` its training patients join the training set and its validation patients
+    the validation set (early stopping and the threshold then see both sites).
+    """
     keras.utils.set_random_seed(config.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config.bus_bra and site is None:
+        raise ValueError("bus_bra training needs the BUS-BRA site data")
     parts = select_rows(rows, config)
     arrays = {name: load_images(part, busi_root, desc=name) for name, part in parts.items()}
-    x_train, y_train = arrays["train"]
-    train_data = dataset(x_train, y_train, config.batch_size, augment=True, seed=config.seed)
-    val_data = dataset(*arrays["val"], config.batch_size, augment=False, seed=config.seed)
+    site_arrays = _site_arrays(site, config) if site else {}
+    train_arrays, val_arrays = arrays["train"], arrays["val"]
+    if config.bus_bra:
+        train_arrays = _joined(train_arrays, site_arrays["train"])
+        val_arrays = _joined(val_arrays, site_arrays["val"])
+    x_train, y_train = train_arrays
+    train_data = dataset(x_train, y_train, config.batch_size, augment=True, seed=config.seed,
+                         site_levers=config.site_levers)
+    val_data = dataset(*val_arrays, config.batch_size, augment=False, seed=config.seed)
     weights = class_weights(y_train, config.class_weight_power)
 
     backbone, initialisation = build_backbone(config)
@@ -192,22 +230,41 @@ def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Pat
     results = {"config": asdict(config), "initialisation": initialisation,
                "preprocessing": PREPROCESSING_ID, "train_seconds": round(seconds, 1),
                "counts": {name: len(part) for name, part in parts.items()}}
-    probs = {name: model.predict(arrays[name][0].astype("float32"), batch_size=32, verbose=0)
-             for name in ("val", "test")}
-    threshold = choose_threshold(arrays["val"][1], probs["val"][:, MALIGNANT_INDEX])
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return model.predict(images.astype("float32"), batch_size=32, verbose=0)
+
+    val_probs = predict(val_arrays[0])
+    threshold = choose_threshold(val_arrays[1], val_probs[:, MALIGNANT_INDEX])
     results["threshold"] = threshold
+    results["threshold_rule"] = ("highest T with malignant recall >= 0.95 on "
+                                 + ("BUSI + BUS-BRA" if config.bus_bra else "BUSI")
+                                 + " validation")
     for name in ("val", "test"):
-        results[name] = classification_metrics(arrays[name][1], probs[name], threshold)
+        results[name] = classification_metrics(arrays[name][1], predict(arrays[name][0]),
+                                               threshold)
+    for name, (images, labels) in site_arrays.items():
+        results[f"{site.name}_{name}"] = lesion_metrics(labels, predict(images), threshold)
+    if site:
+        results["selection_score"] = selection_score(results, site.name)
     model.save(out_dir / "model.keras")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
     return results
 
 
+def selection_score(results: dict, site_name: str) -> float:
+    """The rule that picks the shipped model, fixed before any external test set was looked
+    at: the mean of BUSI-validation macro-F1 and second-site-validation benign-vs-malignant
+    AUROC (Keras model, validation data only)."""
+    return float((results["val"]["macro_f1"]
+                  + results[f"{site_name}_val"]["auc_benign_vs_malignant"]) / 2)
+
+
 def cross_validate(config: TrainConfig, rows: list[SplitRow], busi_root: Path,
-                   out_dir: Path) -> dict:
+                   out_dir: Path, site: Site | None = None) -> dict:
     """Run the recipe on the 5 grouped CV folds; mean and sd of the test-fold metrics."""
-    folds = [fit(replace(config, fold=k), rows, busi_root, out_dir / f"fold{k}")
+    folds = [fit(replace(config, fold=k), rows, busi_root, out_dir / f"fold{k}", site)
              for k in range(5)]
     summary: dict = {"config": asdict(replace(config, fold=None)), "folds": 5}
     for metric in ("accuracy", "balanced_accuracy", "macro_f1", "malignant_recall_argmax",
