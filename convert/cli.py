@@ -2,7 +2,10 @@
 
 Each variant is run through the TFLite interpreter on the validation and test images and
 compared with Keras on the same arrays; a variant that misses its target is not entered in
-the manifest and the command exits with status 1.
+the manifest and the command exits with status 1. Every variant also outputs the last
+convolutional feature map (for heat-maps); a single-output conversion of the same variant
+checks that this extra output leaves the probabilities unchanged. The classifier head's
+weights go to models/<arch>-head.npz, listed in each entry as cam_head.
 """
 
 from __future__ import annotations
@@ -36,6 +39,21 @@ def _predict(model: TFLiteModel, images: np.ndarray, desc: str) -> np.ndarray:
                      for image in tqdm(images, desc=desc, leave=False)])
 
 
+def _single_output_probs(model, variant: str, data: dict, threads: int,
+                         scratch: Path) -> dict[str, np.ndarray]:
+    """Probabilities of the variant converted without the feature-map output (the check that
+    the extra output changes nothing)."""
+    from convert.tflite import convert_model
+
+    scratch.write_bytes(convert_model(model, variant, data["val"][0], feature_map=False))
+    try:
+        single = TFLiteModel(scratch, threads)
+        return {split: _predict(single, data[split][0], f"{variant} 1-output {split}")
+                for split in data}
+    finally:
+        scratch.unlink()
+
+
 def _line(name: str, report: dict) -> str:
     test = report["test"]
     return (f"{name:9s} test acc {test['accuracy']:.3f}  macro-F1 {test['macro_f1']:.3f}  "
@@ -56,8 +74,15 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
          models_dir: Path | None) -> None:
     import keras
 
+    from convert.feature_output import write_head
     from convert.tflite import VARIANTS, convert_model, float32_weight_bytes
-    from convert.verify import check_targets, evaluate_variant, targets_for
+    from convert.verify import (
+        check_feature_output,
+        check_targets,
+        evaluate_variant,
+        feature_output_report,
+        targets_for,
+    )
 
     wanted = [v.strip() for v in variants.split(",") if v.strip()]
     unknown = sorted(set(wanted) - set(VARIANTS))
@@ -83,6 +108,10 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
     keras_report = evaluate_variant(labels, keras_probs, keras_probs)
     click.echo(_line("keras", keras_report))
     baseline_bytes = float32_weight_bytes(model)
+    head_file = folder / f"{arch}-head.npz"
+    head_candidate = head_file.with_name(head_file.name + ".tmp")
+    write_head(model, head_candidate)
+    head_facts = file_facts(head_candidate) | {"file": head_file.name}
 
     entries, failed = {}, {}
     for variant in wanted:
@@ -97,12 +126,18 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         io_spec = tflite.io_spec()
         del tflite  # release the mapped file before it is moved or removed
         report = evaluate_variant(labels, probs, keras_probs)
+        extra_output = feature_output_report(
+            _single_output_probs(model, variant, data, threads,
+                                 path.with_name(path.name + ".1out.tmp")), probs)
         size = candidate.stat().st_size
         size_ratio = baseline_bytes / size
         targets = targets_for(arch, variant)
-        failures = check_targets(targets, report, keras_report, size_ratio)
+        failures = (check_targets(targets, report, keras_report, size_ratio)
+                    + check_feature_output(variant, extra_output))
         click.echo(_line(variant, report) + f"  size {size / 1e6:.1f} MB "
-                   f"({size_ratio:.1f}x smaller)" + (f"  FAILED: {failures}" if failures else ""))
+                   f"({size_ratio:.1f}x smaller)  feature output: max|dp| "
+                   f"{extra_output['test']['max_abs_dprob']:.2g} vs 1 output"
+                   + (f"  FAILED: {failures}" if failures else ""))
         if failures:
             candidate.unlink()
             failed[variant] = failures
@@ -111,20 +146,25 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         entries[f"{arch}/{variant}"] = {
             "format": "tflite", "arch": arch, "variant": variant, **file_facts(path),
             **io_spec, "class_names": list(CLASS_NAMES),
-            "preprocessing": PREPROCESSING_ID, "threshold": report["threshold"],
+            "preprocessing": PREPROCESSING_ID, "cam_head": head_facts,
+            "threshold": report["threshold"],
             "threshold_rule": "highest T with malignant recall >= 0.95 on the validation split",
             "source_model": {"file": source.info["file"], "sha256": source.info["sha256"]},
             "calibration": CALIBRATION if variant == "int8" else None,
             "made_by": f"busi-convert (tensorflow {_tf_version()}, keras {keras.__version__})",
             "verification": {**report, "targets": targets,
                              "size_ratio_vs_float32_weights": size_ratio,
+                             "feature_output_vs_single_output": extra_output,
                              "keras_test": {k: keras_report["test"][k] for k in
                                             ("accuracy", "macro_f1",
                                              "malignant_recall_at_threshold")}},
         }
     if entries:
+        head_candidate.replace(head_file)
         update_manifest(entries, path=manifest_file)
         click.echo(f"manifest updated: {', '.join(entries)}")
+    else:
+        head_candidate.unlink()
     if failed:
         click.echo(f"variants that missed their targets (not in the manifest): {failed}", err=True)
         sys.exit(1)

@@ -2,7 +2,9 @@
 
 The int8 model takes uint8 pixels and returns uint8 probabilities, so the edge runtime feeds
 the shared preprocessing output straight in; its activation ranges come from a representative
-set of preprocessed BUSI validation images.
+set of preprocessed BUSI validation images. By default every variant also outputs the last
+convolutional feature map (uint8 in the int8 model), from which the runtime computes the
+exact class activation map (convert/feature_output.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import io
 import keras
 import numpy as np
 import tensorflow as tf
+
+from convert.feature_output import with_feature_map
 
 VARIANTS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
 
@@ -25,11 +29,14 @@ def _representative(images: np.ndarray):
     return generate
 
 
-def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | None = None) -> bytes:
-    """Convert a Keras model; int8 needs calibration images (uint8, N x 224 x 224 x 3)."""
+def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | None = None,
+                  feature_map: bool = True) -> bytes:
+    """Convert a Keras model; int8 needs calibration images (uint8, N x 224 x 224 x 3).
+    feature_map: also output the GAP layer's input (see `with_feature_map`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    source = with_feature_map(model) if feature_map else model
+    converter = tf.lite.TFLiteConverter.from_keras_model(source)
     if variant != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":

@@ -68,3 +68,21 @@ def check_targets(targets: dict[str, float], report: dict, keras_report: dict,
         failures.append(f"only {size_ratio:.2f}x smaller than float32 weights "
                         f"(< {targets['min_size_ratio']})")
     return failures
+
+
+# The feature-map output must leave the probabilities as a single-output conversion gives them.
+FEATURE_OUTPUT_MAX_DPROB = 1e-6
+
+
+def feature_output_report(single: dict[str, np.ndarray], double: dict[str, np.ndarray]) -> dict:
+    """Agreement and |dp| of the two-output model's probabilities with the single-output
+    conversion's, on val and test."""
+    return {split: agreement(single[split], double[split]) for split in ("val", "test")}
+
+
+def check_feature_output(variant: str, report: dict) -> list[str]:
+    """Failures when adding the feature-map output changed any probability."""
+    return [f"feature-map output changed {split} probabilities by up to "
+            f"{block['max_abs_dprob']:.2g} (> {FEATURE_OUTPUT_MAX_DPROB}) in {variant}"
+            for split, block in report.items()
+            if block["max_abs_dprob"] > FEATURE_OUTPUT_MAX_DPROB or block["agreement"] < 1.0]

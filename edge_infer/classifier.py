@@ -4,13 +4,23 @@ rule."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from edge_infer.cam import CamError, CamHead, heatmap_overlay, load_cam_head
 from edge_infer.decision import Decision, Mode, decide
-from edge_infer.manifest import ModelEntry, ModelError, resolve_model
+from edge_infer.manifest import (
+    ModelEntry,
+    ModelError,
+    checked_sidecar,
+    manifest_path,
+    resolve_model,
+)
 from edge_infer.preprocess import ImageSource, preprocess_image
-from edge_infer.tflite_model import TFLiteModel
+from edge_infer.spec import CLASS_NAMES
+from edge_infer.tflite_model import ModelOutput, TFLiteModel
 
 
 class Classifier:
@@ -30,10 +40,23 @@ class Classifier:
         except ValueError as err:
             raise ModelError(str(err)) from None
         actual = self.model.io_spec()
-        for side in ("input", "output"):
-            if actual[side] != self.entry.info[side]:
-                raise ModelError(f"{self.entry.path}: {side} {actual[side]} does not match the "
-                                 f"manifest's {self.entry.info[side]}")
+        for side in ("input", "output", "feature_map"):
+            if actual.get(side) != self.entry.info.get(side):
+                raise ModelError(f"{self.entry.path}: {side} {actual.get(side)} does not match "
+                                 f"the manifest's {self.entry.info.get(side)}")
+        self.cam_head: CamHead | None = self._cam_head(
+            Path(manifest_file).parent if manifest_file else manifest_path().parent)
+
+    def _cam_head(self, folder: Path) -> CamHead | None:
+        """The head weights for heat-maps (sha256-checked), if the entry lists them."""
+        facts = self.entry.info.get("cam_head")
+        if facts is None or "feature_map" not in self.entry.info:
+            return None
+        path = checked_sidecar(folder, facts, self.entry.key)
+        try:
+            return load_cam_head(path, self.entry.info["feature_map"]["shape"][-1])
+        except CamError as err:
+            raise ModelError(str(err)) from None
 
     def model_info(self) -> dict[str, str]:
         """Which model answered: manifest key, variant and sha256 (part of every result)."""
@@ -45,13 +68,36 @@ class Classifier:
         """The high-sensitivity threshold chosen for this model on validation data."""
         return self.entry.threshold
 
-    def classify_array(self, image: np.ndarray, mode: Mode = "argmax",
-                       threshold: float | None = None) -> Decision:
-        """Decision for one preprocessed image; high-sensitivity uses the model's threshold
+    def run_array(self, image: np.ndarray) -> ModelOutput:
+        """The model's outputs for one preprocessed image: probabilities and feature map
+        (None if the model file has none); pooled features = output.pooled_features."""
+        return self.model.run(image)
+
+    def decide_output(self, output: ModelOutput, mode: Mode = "argmax",
+                      threshold: float | None = None) -> Decision:
+        """Decision from the model's outputs; high-sensitivity uses the model's threshold
         unless one is given."""
         if mode == "high-sensitivity" and threshold is None:
             threshold = self.threshold
-        return decide(self.model.probabilities(image), mode, threshold)
+        return decide(output.probs, mode, threshold)
+
+    @property
+    def has_heatmap(self) -> bool:
+        """Whether this model gives heat-maps: a feature-map output and a checked head."""
+        return self.cam_head is not None
+
+    def heatmap(self, image: Image.Image, output: ModelOutput, label: str) -> Image.Image:
+        """The decoded image with the class activation map of `label` overlaid, at the image's
+        own size (edge_infer/cam.py)."""
+        if output.feature_map is None or self.cam_head is None:
+            raise CamError(f"{self.entry.key} has no feature-map output or head for heat-maps: "
+                           "convert it again with busi-convert")
+        return heatmap_overlay(image, output.feature_map, self.cam_head, CLASS_NAMES.index(label))
+
+    def classify_array(self, image: np.ndarray, mode: Mode = "argmax",
+                       threshold: float | None = None) -> Decision:
+        """Decision for one preprocessed image (run_array, then decide_output)."""
+        return self.decide_output(self.run_array(image), mode, threshold)
 
     def classify(self, source: ImageSource, mode: Mode = "argmax",
                  threshold: float | None = None) -> Decision:

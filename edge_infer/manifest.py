@@ -100,6 +100,19 @@ def resolve_model(name: str, manifest_file: str | os.PathLike | None = None) -> 
     return entry
 
 
+def checked_sidecar(folder: str | os.PathLike, facts: dict, owner: str) -> Path:
+    """A file an entry lists beside its model ({file, sha256}, e.g. the CAM head), refused
+    when missing or not the bytes the manifest vouches for."""
+    path = Path(folder) / facts["file"]
+    if not path.is_file():
+        raise ModelError(f"{owner}: file missing: {path}")
+    digest = sha256_of(path)
+    if digest != facts["sha256"]:
+        raise ModelError(f"{path} does not match the manifest (sha256 {digest[:12]}… != "
+                         f"{facts['sha256'][:12]}…): refusing a damaged or replaced file")
+    return path
+
+
 def update_manifest(entries: dict[str, dict], default_arch: str | None = None,
                     path: str | os.PathLike | None = None) -> Path:
     """Add or replace entries (by key) in the manifest, creating it if needed."""
@@ -131,7 +144,10 @@ def drop_derived_models(arch: str, path: str | os.PathLike | None = None) -> lis
     removed = [key for key, info in manifest["models"].items()
                if info["arch"] == arch and info["format"] != "keras"]
     for key in removed:
-        (path.parent / manifest["models"].pop(key)["file"]).unlink(missing_ok=True)
+        info = manifest["models"].pop(key)
+        for facts in (info, info.get("cam_head")):
+            if facts:
+                (path.parent / facts["file"]).unlink(missing_ok=True)
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return removed
 

@@ -1,16 +1,34 @@
-"""A TFLite model file behind one interpreter: uint8 images in, class probabilities out.
+"""A TFLite model file behind one interpreter: uint8 images in, class probabilities (and the
+last convolutional feature map, when the file has it) out.
 
 uint8 images go straight into an integer model (its input scale must be 1 and zero point 0),
 so the int8 path never converts pixels to float; float models get the same values as float32.
+Outputs are told apart by rank, not order: rank 2 (1, 3) is the probabilities, rank 4
+(1, h, w, C) the feature map. Quantized outputs are dequantized to float32.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE
+
+
+@dataclass(frozen=True, eq=False)
+class ModelOutput:
+    """One image's outputs: probabilities (3,) and the feature map (h, w, C), both float32;
+    feature_map is None for a model file with the probabilities only."""
+
+    probs: np.ndarray
+    feature_map: np.ndarray | None = None
+
+    @property
+    def pooled_features(self) -> np.ndarray | None:
+        """The feature map averaged over space (C,): what the classifier head sees."""
+        return None if self.feature_map is None else self.feature_map.mean(axis=(0, 1))
 
 
 class InterpreterMissing(RuntimeError):
@@ -40,7 +58,8 @@ class TFLiteModel:
         self.interpreter = interpreter_class()(model_path=self.path, num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
+        self.output, self.feature_output = _outputs_by_rank(
+            self.path, self.interpreter.get_output_details())
         shape = tuple(int(d) for d in self.input["shape"][1:])
         if shape != INPUT_SHAPE or int(self.output["shape"][-1]) != len(CLASS_NAMES):
             raise ValueError(f"{self.path}: expects {shape} -> {self.output['shape']}, "
@@ -58,23 +77,38 @@ class TFLiteModel:
         return np.dtype(self.output["dtype"]).name
 
     def io_spec(self) -> dict:
-        """Input/output dtype, shape and quantization, as recorded in the manifest."""
+        """Input, output (probabilities) and, if present, feature_map: dtype, shape and
+        quantization, as recorded in the manifest."""
         def spec(detail: dict) -> dict:
             scale, zero_point = detail["quantization"]
             return {"dtype": np.dtype(detail["dtype"]).name,
                     "shape": [int(d) for d in detail["shape"]],
                     "quantization": {"scale": float(scale), "zero_point": int(zero_point)}}
-        return {"input": spec(self.input), "output": spec(self.output)}
+        specs = {"input": spec(self.input), "output": spec(self.output)}
+        if self.feature_output is not None:
+            specs["feature_map"] = spec(self.feature_output)
+        return specs
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities (3,) of one preprocessed uint8 image (224, 224, 3)."""
+    def run(self, image: np.ndarray) -> ModelOutput:
+        """Probabilities and feature map of one preprocessed uint8 image (224, 224, 3)."""
         if image.shape != INPUT_SHAPE or image.dtype != np.uint8:
             raise ValueError(f"expected uint8 {INPUT_SHAPE}, got {image.dtype} {image.shape}")
         batch = image[None] if self.input_dtype == "uint8" else image[None].astype(np.float32)
         self.interpreter.set_tensor(self.input["index"], batch)
         self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self.output["index"])[0]
-        scale, zero_point = self.output["quantization"]
+        probs = self._read(self.output)
+        if self.feature_output is None:
+            return ModelOutput(probs)
+        return ModelOutput(probs, self._read(self.feature_output))
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities (3,) of one preprocessed uint8 image (224, 224, 3)."""
+        return self.run(image).probs
+
+    def _read(self, detail: dict) -> np.ndarray:
+        """One output tensor of the last invoke, batch dimension dropped, dequantized."""
+        raw = self.interpreter.get_tensor(detail["index"])[0]
+        scale, zero_point = detail["quantization"]
         if scale:
             return (raw.astype(np.float32) - zero_point) * np.float32(scale)
         return raw.astype(np.float32)
@@ -82,3 +116,13 @@ class TFLiteModel:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (N, 3) for a stack of preprocessed images."""
         return np.stack([self.probabilities(image) for image in images])
+
+
+def _outputs_by_rank(path: str, details: list[dict]) -> tuple[dict, dict | None]:
+    """(probabilities detail, feature-map detail or None) of a model's outputs, by rank."""
+    ranks = sorted(len(detail["shape"]) for detail in details)
+    if ranks not in ([2], [2, 4]):
+        raise ValueError(f"{path}: expected outputs of rank 2 (probabilities) and optionally "
+                         f"4 (feature map), found ranks {ranks}")
+    by_rank = {len(detail["shape"]): detail for detail in details}
+    return by_rank[2], by_rank.get(4)

@@ -375,6 +375,8 @@ def test_classifier_refuses_a_file_whose_sha256_differs(manifest: dict, tmp_path
     manifest_file.write_text(json.dumps(manifest))
     model_file = tmp_path / shipped.info["file"]
     shutil.copy(shipped.path, model_file)
+    if "cam_head" in shipped.info:  # the heat-map head, checked like the model file
+        shutil.copy(shipped.path.with_name(shipped.info["cam_head"]["file"]), tmp_path)
     assert Classifier("int8", manifest_file=manifest_file).entry.path == model_file
     flip_a_byte(model_file)
     with pytest.raises(ModelError, match="does not match the manifest") as refused:

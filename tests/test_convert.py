@@ -312,8 +312,10 @@ def test_cli_records_the_interpreters_io(passed_run, variant: str) -> None:
     _, folder, _ = passed_run
     entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/{variant}"]
     interpreter = TFLiteModel(folder / entry["file"]).interpreter
+    outputs = {len(detail["shape"]): detail for detail in interpreter.get_output_details()}
+    assert sorted(outputs) == [2, 4]  # probabilities and the feature map, in any order
     for side, detail in (("input", interpreter.get_input_details()[0]),
-                         ("output", interpreter.get_output_details()[0])):
+                         ("output", outputs[2]), ("feature_map", outputs[4])):
         assert entry[side]["dtype"] == np.dtype(detail["dtype"]).name
         assert entry[side]["shape"] == detail["shape"].tolist()
         scale, zero_point = detail["quantization"]
