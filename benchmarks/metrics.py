@@ -29,9 +29,7 @@ from edge_infer.rates import (
     malignant_called,
     malignant_recall_specificity,
 )
-from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
-
-NORMAL_INDEX = CLASS_NAMES.index("normal")
+from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX, NORMAL_INDEX
 
 CALIBRATION_BINS = 10
 

@@ -1,6 +1,7 @@
 """The one place for class names, input size and the preprocessing id every tool agrees on."""
 
 CLASS_NAMES: tuple[str, ...] = ("normal", "benign", "malignant")
+NORMAL_INDEX: int = CLASS_NAMES.index("normal")
 MALIGNANT_INDEX: int = CLASS_NAMES.index("malignant")
 INPUT_SIZE: int = 224
 INPUT_SHAPE: tuple[int, int, int] = (INPUT_SIZE, INPUT_SIZE, 3)

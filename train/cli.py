@@ -60,10 +60,14 @@ DEFAULTS = TrainConfig()
 @click.option("--bus-bra-dir", type=click.Path(file_okay=False),
               help="BUS-BRA folder (or $BUS_BRA_DIR). When found it is always evaluated: its "
                    "validation patients (and all non-test ones if not trained on) per run.")
+@click.option("--evaluate", "trained", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Do not train: evaluate this trained .keras model as a run "
+              "(OUT gets results.json and a copy of the model; pass the options it was "
+              "trained with, e.g. --bus-bra).")
 def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs, head_lr,
          finetune_lr, batch_size, dropout, patience, class_weight_power, unfreeze_from, seed,
-         fold, cv, limit, bus_bra, site_levers, bus_bra_dir) -> None:
-    from train.recipe import cross_validate, fit
+         fold, cv, limit, bus_bra, site_levers, bus_bra_dir, trained) -> None:
+    from train.recipe import cross_validate, evaluate_trained, fit
 
     if cv and fold is not None:
         raise click.UsageError("--cv runs every fold; do not combine it with --fold")
@@ -79,7 +83,10 @@ def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs,
         if cv:
             click.echo(json.dumps(cross_validate(config, rows, root, out, site), indent=2))
             return
-        results = fit(config, rows, root, out, site)
+        if trained:
+            results = evaluate_trained(trained, config, rows, root, out, site)
+        else:
+            results = fit(config, rows, root, out, site)
     except (WeightsError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     summary = {part: {k: round(results[part][k], 4)

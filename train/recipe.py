@@ -7,6 +7,7 @@ ImageNet statistics); a backbone trained from scratch trains its BatchNorms norm
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -178,6 +179,31 @@ def _joined(*arrays: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndar
             np.concatenate([labels for _, labels in arrays]))
 
 
+@dataclass
+class RunData:
+    """The arrays of one run: BUSI parts, the second site's parts, and what trains/validates."""
+
+    parts: dict[str, list[SplitRow]]
+    busi: dict[str, tuple[np.ndarray, np.ndarray]]
+    site: dict[str, tuple[np.ndarray, np.ndarray]]
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+
+
+def load_run_data(config: TrainConfig, rows: list[SplitRow], busi_root: Path,
+                  site: Site | None) -> RunData:
+    """Load every image a run trains, validates or is evaluated on."""
+    if config.bus_bra and site is None:
+        raise ValueError("bus_bra training needs the BUS-BRA site data")
+    parts = select_rows(rows, config)
+    busi = {name: load_images(part, busi_root, desc=name) for name, part in parts.items()}
+    site_arrays = _site_arrays(site, config) if site else {}
+    train, val = busi["train"], busi["val"]
+    if config.bus_bra:
+        train, val = _joined(train, site_arrays["train"]), _joined(val, site_arrays["val"])
+    return RunData(parts, busi, site_arrays, train, val)
+
+
 def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Path,
         site: Site | None = None) -> dict:
     """Train one model, evaluate it on val and test, save model + config + metrics in out_dir.
@@ -188,19 +214,11 @@ def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Pat
     """
     keras.utils.set_random_seed(config.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if config.bus_bra and site is None:
-        raise ValueError("bus_bra training needs the BUS-BRA site data")
-    parts = select_rows(rows, config)
-    arrays = {name: load_images(part, busi_root, desc=name) for name, part in parts.items()}
-    site_arrays = _site_arrays(site, config) if site else {}
-    train_arrays, val_arrays = arrays["train"], arrays["val"]
-    if config.bus_bra:
-        train_arrays = _joined(train_arrays, site_arrays["train"])
-        val_arrays = _joined(val_arrays, site_arrays["val"])
-    x_train, y_train = train_arrays
+    data = load_run_data(config, rows, busi_root, site)
+    x_train, y_train = data.train
     train_data = dataset(x_train, y_train, config.batch_size, augment=True, seed=config.seed,
                          site_levers=config.site_levers)
-    val_data = dataset(*val_arrays, config.batch_size, augment=False, seed=config.seed)
+    val_data = dataset(*data.val, config.batch_size, augment=False, seed=config.seed)
     weights = class_weights(y_train, config.class_weight_power)
 
     backbone, initialisation = build_backbone(config)
@@ -227,29 +245,48 @@ def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Pat
     history["finetune"] = _history(run)
     seconds = time.time() - started
 
-    results = {"config": asdict(config), "initialisation": initialisation,
-               "preprocessing": PREPROCESSING_ID, "train_seconds": round(seconds, 1),
-               "counts": {name: len(part) for name, part in parts.items()}}
+    results = evaluate(model, config, data, site)
+    results.update(initialisation=initialisation, train_seconds=round(seconds, 1))
+    model.save(out_dir / "model.keras")
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return results
+
+
+def evaluate_trained(model_file: Path, config: TrainConfig, rows: list[SplitRow],
+                     busi_root: Path, out_dir: Path, site: Site | None = None) -> dict:
+    """Evaluate an already trained model exactly as `fit` evaluates its own (e.g. the shipped
+    BUSI-only model against a second site), saving results.json and the model in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = keras.models.load_model(model_file)
+    results = evaluate(model, config, load_run_data(config, rows, busi_root, site), site)
+    results["initialisation"] = f"trained model {model_file}"
+    shutil.copyfile(model_file, out_dir / "model.keras")
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def evaluate(model: keras.Model, config: TrainConfig, data: RunData, site: Site | None) -> dict:
+    """A run's results: the threshold chosen on its validation data, BUSI val/test metrics,
+    the second site's benign-vs-malignant metrics, and the selection score."""
 
     def predict(images: np.ndarray) -> np.ndarray:
         return model.predict(images.astype("float32"), batch_size=32, verbose=0)
 
-    val_probs = predict(val_arrays[0])
-    threshold = choose_threshold(val_arrays[1], val_probs[:, MALIGNANT_INDEX])
+    results = {"config": asdict(config), "preprocessing": PREPROCESSING_ID,
+               "counts": {name: len(part) for name, part in data.parts.items()}}
+    threshold = choose_threshold(data.val[1], predict(data.val[0])[:, MALIGNANT_INDEX])
     results["threshold"] = threshold
     results["threshold_rule"] = ("highest T with malignant recall >= 0.95 on "
                                  + ("BUSI + BUS-BRA" if config.bus_bra else "BUSI")
                                  + " validation")
     for name in ("val", "test"):
-        results[name] = classification_metrics(arrays[name][1], predict(arrays[name][0]),
+        results[name] = classification_metrics(data.busi[name][1], predict(data.busi[name][0]),
                                                threshold)
-    for name, (images, labels) in site_arrays.items():
+    for name, (images, labels) in data.site.items():
         results[f"{site.name}_{name}"] = lesion_metrics(labels, predict(images), threshold)
     if site:
         results["selection_score"] = selection_score(results, site.name)
-    model.save(out_dir / "model.keras")
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
     return results
 
 
