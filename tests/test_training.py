@@ -182,3 +182,18 @@ def test_a_seconds_long_fit_with_a_second_site(busi_root, bus_bra_root, split_ro
     assert "BUS-BRA" in results["threshold_rule"]
     assert results["selection_score"] == pytest.approx(
         (results["val"]["macro_f1"] + results["bus_bra_val"]["auc_benign_vs_malignant"]) / 2)
+
+
+def test_reverse_direction_trains_and_validates_on_bus_bra_only(busi_root, bus_bra_root,
+                                                                split_rows):
+    from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, models_dir, read_split
+    from train.recipe import Site, load_run_data
+
+    site = Site("bus_bra", read_split(models_dir() / BUS_BRA_SPLIT_FILENAME), bus_bra_root)
+    config = TrainConfig(limit=2, bus_bra=True, busi_train=False)
+    data = load_run_data(config, split_rows, busi_root, site)
+    assert sorted(data.train[1].tolist()) == [1, 1, 2, 2]  # BUS-BRA benign and malignant
+    assert np.array_equal(data.val[0], data.site["val"][0])
+    assert set(data.busi) == {"train", "val", "test"}  # BUSI still evaluated, held out
+    with pytest.raises(ValueError, match="nothing to train on"):
+        load_run_data(TrainConfig(busi_train=False), split_rows, busi_root, site)

@@ -54,6 +54,9 @@ DEFAULTS = TrainConfig()
 @click.option("--bus-bra", is_flag=True,
               help="Train on BUS-BRA's training patients too (a second site, no normal class); "
                    "its validation patients join early stopping and the threshold.")
+@click.option("--no-busi-train", "busi_train", is_flag=True, default=True, flag_value=False,
+              help="With --bus-bra: train and validate on BUS-BRA only and hold BUSI out (the "
+                   "reverse site-held-out direction).")
 @click.option("--site-levers", is_flag=True,
               help="Add the cross-site augmentations: gain/gamma, resolution loss, zoom-out, "
                    "sector masks, burned-in text and calipers.")
@@ -66,7 +69,7 @@ DEFAULTS = TrainConfig()
               "trained with, e.g. --bus-bra).")
 def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs, head_lr,
          finetune_lr, batch_size, dropout, patience, class_weight_power, unfreeze_from, seed,
-         fold, cv, limit, bus_bra, site_levers, bus_bra_dir, trained) -> None:
+         fold, cv, limit, bus_bra, busi_train, site_levers, bus_bra_dir, trained) -> None:
     from train.recipe import cross_validate, evaluate_trained, fit
 
     if cv and fold is not None:
@@ -76,7 +79,8 @@ def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs,
                          finetune_lr=finetune_lr, batch_size=batch_size, dropout=dropout,
                          patience=patience, class_weight_power=class_weight_power,
                          unfreeze_from=unfreeze_from, seed=seed, fold=fold,
-                         limit=limit, bus_bra=bus_bra, site_levers=site_levers)
+                         limit=limit, bus_bra=bus_bra, busi_train=busi_train,
+                         site_levers=site_levers)
     try:
         rows, root = read_split(split_file), resolve_busi_dir(busi_dir)
         site = _bus_bra_site(bus_bra_dir, required=bus_bra)

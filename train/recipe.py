@@ -58,6 +58,7 @@ class TrainConfig:
     fold: int | None = None
     limit: int | None = None
     bus_bra: bool = False
+    busi_train: bool = True
     site_levers: bool = False
 
 
@@ -195,12 +196,16 @@ def load_run_data(config: TrainConfig, rows: list[SplitRow], busi_root: Path,
     """Load every image a run trains, validates or is evaluated on."""
     if config.bus_bra and site is None:
         raise ValueError("bus_bra training needs the BUS-BRA site data")
+    if not (config.busi_train or config.bus_bra):
+        raise ValueError("nothing to train on: BUSI is left out and BUS-BRA is not used")
     parts = select_rows(rows, config)
     busi = {name: load_images(part, busi_root, desc=name) for name, part in parts.items()}
     site_arrays = _site_arrays(site, config) if site else {}
     train, val = busi["train"], busi["val"]
-    if config.bus_bra:
+    if config.bus_bra and config.busi_train:
         train, val = _joined(train, site_arrays["train"]), _joined(val, site_arrays["val"])
+    elif config.bus_bra:  # the reverse direction: BUS-BRA only, BUSI held out
+        train, val = site_arrays["train"], site_arrays["val"]
     return RunData(parts, busi, site_arrays, train, val)
 
 
@@ -278,7 +283,8 @@ def evaluate(model: keras.Model, config: TrainConfig, data: RunData, site: Site 
     threshold = choose_threshold(data.val[1], predict(data.val[0])[:, MALIGNANT_INDEX])
     results["threshold"] = threshold
     results["threshold_rule"] = ("highest T with malignant recall >= 0.95 on "
-                                 + ("BUSI + BUS-BRA" if config.bus_bra else "BUSI")
+                                 + {(True, False): "BUSI", (True, True): "BUSI + BUS-BRA",
+                                    (False, True): "BUS-BRA"}[config.busi_train, config.bus_bra]
                                  + " validation")
     for name in ("val", "test"):
         results[name] = classification_metrics(data.busi[name][1], predict(data.busi[name][0]),
