@@ -172,6 +172,7 @@ def build_report(classifier: Classifier, predictions: Predictions, mode: str,
     report = {
         "schema_version": SCHEMA_VERSION,
         "model": classifier.model_info(),
+        **classifier.calibration_info(),
         "source": source,
         "mode": mode,
         "threshold": threshold,
@@ -218,6 +219,10 @@ def summary_lines(report: dict) -> list[str]:
         f"({report['source']['kind']}: {report['source']['path']})",
         "Images: " + ", ".join(f"{counts[c]} {c}" for c in CLASS_NAMES),
     ]
+    temperature = report["temperature"]
+    lines.append("Probabilities: " + ("uncalibrated (no temperature fitted)" if temperature is None
+                                      else f"temperature {temperature:.3f}")
+                 + f", profile {report['profile']}")
     if report["errors"]:
         lines.append(f"Not evaluated: {len(report['errors'])} input(s), named on stderr")
     lines += [

@@ -17,6 +17,7 @@ PLOTS: dict[str, str] = {
     "accuracy_vs_size": "accuracy_vs_size.png",
     "confusion_matrices": "confusion_matrices.png",
     "reliability": "reliability.png",
+    "reliability_calibration": "reliability_calibration.png",
 }
 DPI = 120
 
@@ -121,12 +122,23 @@ def plot_reliability(results: dict, path: Path) -> None:
     _save(figure, path)
 
 
+def plot_reliability_calibration(results: dict, path: Path) -> None:
+    """Reliability of every variant on the test split before and after its temperature."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, stage, title in ((axes[0], "before", "Model outputs (no temperature)"),
+                             (axes[1], "after", "Temperature-scaled (as the runtime reports)")):
+        _draw_reliability(ax, {name: (info["reliability"][stage], info["ece"][stage])
+                               for name, info in results["calibration"].items()}, title)
+    _save(figure, path)
+
+
 def make_plots(results: dict, out: Path) -> dict[str, str]:
     """Draw every figure into out; returns figure name -> file name."""
     plot_latency(results, out / PLOTS["latency"])
     plot_accuracy_vs_size(results, out / PLOTS["accuracy_vs_size"])
     plot_confusion_matrices(results, out / PLOTS["confusion_matrices"])
     plot_reliability(results, out / PLOTS["reliability"])
+    plot_reliability_calibration(results, out / PLOTS["reliability_calibration"])
     return dict(PLOTS)
 
 

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from benchmarks.calibration_markdown import SITE_HEADING, calibration_lines, site_lines
 from benchmarks.targets import INT8, KERAS_PREDICT, KERAS_TF_FUNCTION
 from edge_infer.spec import CLASS_NAMES
 
@@ -24,6 +25,7 @@ HEADINGS: tuple[str, ...] = (
     "## ONNX Runtime",
     "## Method",
     "## Machine",
+    SITE_HEADING,
 )
 
 
@@ -281,12 +283,9 @@ def resources_section(results: dict) -> list[str]:
 
 
 def calibration_section(results: dict) -> list[str]:
-    """Expected calibration error and the reliability diagram."""
-    eces = ", ".join(f"{name} {info['accuracy']['expected_calibration_error']:.3f}"
-                     for name, info in results["variants"].items())
-    return [HEADINGS[8], "",
-            f"Expected calibration error (top label, 10 equal-width bins): {eces}.", "",
-            f"![reliability diagram]({results['plots']['reliability']})", ""]
+    """Temperatures, ECE / Brier before and after, the reliability diagrams, and the test
+    figures at the calibrated threshold (benchmarks.calibration_markdown)."""
+    return calibration_lines(results)
 
 
 def onnx_section(results: dict) -> list[str]:
@@ -363,7 +362,7 @@ def markdown(results: dict) -> str:
     """The whole report as Markdown."""
     sections = (_preamble, headline, targets_section, accuracy_section, per_class_section,
                 confusion_section, external_section, latency_section, resources_section,
-                calibration_section, onnx_section, method_section, machine_section)
+                calibration_section, site_lines, onnx_section, method_section, machine_section)
     return "\n".join(line for section in sections for line in section(results))
 
 

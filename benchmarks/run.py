@@ -14,6 +14,12 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.accuracy import variant_accuracy
+from benchmarks.calibration_report import (
+    calibrated_predictor,
+    calibration_results,
+    site_section,
+    spec_calibrations,
+)
 from benchmarks.coldstart import measure_cold_start
 from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
 from benchmarks.external import external_results
@@ -22,16 +28,18 @@ from benchmarks.machine import machine_info
 from benchmarks.onnx_variant import OnnxUnavailable, export_fp32, quantize_int8
 from benchmarks.targets import check_targets, latency_ratios, resource_ratios
 from benchmarks.variants import KerasRunner, OnnxRunner, TFLiteRunner, VariantSpec
-from edge_infer.calibration import choose_threshold
+from edge_infer.calibration import apply_temperature, fit_calibration
 from edge_infer.datasets import SPLIT_FILENAME, load_images, split_files
 from edge_infer.manifest import MANIFEST_FILENAME, read_manifest, resolve_model
-from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
+from edge_infer.spec import CLASS_NAMES
 
 SCHEMA_VERSION = 1
 TFLITE_VARIANTS: tuple[str, ...] = ("float32", "float16", "int8")
 ONNX_CHECK_IMAGES = 8
-MANIFEST_THRESHOLD = "manifest (highest T with malignant recall >= 0.95 on validation)"
-ONNX_THRESHOLD = "chosen here on the validation split (benchmarks.metrics.choose_threshold)"
+MANIFEST_THRESHOLD = ("manifest (highest T with malignant recall >= 0.95 on the calibrated "
+                      "validation probabilities)")
+ONNX_THRESHOLD = ("temperature and threshold fitted here on the validation split "
+                  "(edge_infer.calibration.fit_calibration)")
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ def manifest_variants(arch: str, manifest_file: Path) -> tuple[dict[str, Variant
     keras_entry = resolve_model(f"{arch}/keras", manifest_file)
     specs["keras"] = VariantSpec("keras", "keras", "float32", str(keras_entry.path),
                                  keras_entry.threshold, MANIFEST_THRESHOLD, keras_entry.key,
-                                 str(manifest_file))
+                                 str(manifest_file), keras_entry.info.get("temperature"))
     for variant in TFLITE_VARIANTS:
         name, key = f"tflite-{variant}", f"{arch}/{variant}"
         if key not in models:
@@ -74,7 +82,8 @@ def manifest_variants(arch: str, manifest_file: Path) -> tuple[dict[str, Variant
             continue
         entry = resolve_model(key, manifest_file)
         specs[name] = VariantSpec(name, "tflite", variant, str(entry.path), entry.threshold,
-                                  MANIFEST_THRESHOLD, key, str(manifest_file))
+                                  MANIFEST_THRESHOLD, key, str(manifest_file),
+                                  entry.info.get("temperature"))
     return specs, skipped
 
 
@@ -91,7 +100,8 @@ def load_data(root: Path, split_file: Path, stride: int) -> dict:
 
 def onnx_variants(model, workdir: Path, data: dict, threads: int, specs: dict,
                   probs: dict) -> tuple[dict, dict]:
-    """Add ONNX fp32 and int8 to specs and probs; returns how each was made, why not."""
+    """Add ONNX fp32 and int8 to specs and (raw test) probs, each with a temperature and
+    threshold fitted on validation; returns how each was made, why not."""
     val = data["val"]
     notes, skipped, made = {}, {}, []
     try:
@@ -107,9 +117,8 @@ def onnx_variants(model, workdir: Path, data: dict, threads: int, specs: dict,
     for name, precision, path in made:
         spec = VariantSpec(name, "onnx", precision, str(path), 0.0, ONNX_THRESHOLD)
         runner = OnnxRunner(spec, threads)
-        val_probs = runner.predict(val["images"])
-        threshold = choose_threshold(val["labels"], val_probs[:, MALIGNANT_INDEX])
-        specs[name] = replace(spec, threshold=threshold)
+        fit = fit_calibration(runner.predict(val["images"]), val["labels"])
+        specs[name] = replace(spec, threshold=fit.threshold, temperature=fit.temperature)
         probs[name] = runner.predict(data["test"]["images"])
     return notes, skipped
 
@@ -161,7 +170,8 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
     runners = {"keras": KerasRunner(specs["keras"], model=model)}
     runners.update({name: TFLiteRunner(spec, settings.accuracy_threads)
                     for name, spec in specs.items() if spec.runtime == "tflite"})
-    probs = {name: runner.predict(test["images"]) for name, runner in runners.items()}
+    raw_probs = {name: runner.predict(test["images"]) for name, runner in runners.items()}
+    probs = {name: apply_temperature(p, specs[name].temperature) for name, p in raw_probs.items()}
     progress.update()
     progress.set_postfix_str("external hospital")
     external_section = {"skipped": external_missing}
@@ -169,14 +179,20 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
         chosen = [name for name in EXTERNAL_VARIANTS if name in runners]
         external_section = external_results(
             external, settings.external_stride,
-            {name: runners[name].predict for name in chosen},
+            {name: calibrated_predictor(runners[name].predict, specs[name].temperature)
+             for name in chosen},
             {name: specs[name].threshold for name in chosen}, test["labels"], probs,
             settings.resamples)
+    site_simulation = ({"skipped": external_missing} if external is None else
+                       site_section(external, settings.external_stride, runners,
+                                    settings.resamples))
     progress.update()
     with tempfile.TemporaryDirectory(prefix="busi-bench-") as workdir:
         progress.set_postfix_str("onnx export + int8")
         onnx_notes, onnx_skipped = onnx_variants(model, Path(workdir), data,
-                                                 settings.accuracy_threads, specs, probs)
+                                                 settings.accuracy_threads, specs, raw_probs)
+        probs.update({name: apply_temperature(raw_probs[name], specs[name].temperature)
+                      for name in raw_probs if name not in probs})
         skipped.update(onnx_skipped)
         variants = {name: {**_file_facts(spec),
                            "accuracy": variant_accuracy(test["labels"], probs[name],
@@ -209,6 +225,9 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
                  "test_labels": test["labels"].tolist()},
         "variants": variants,
         "external": external_section,
+        "calibration": calibration_results(raw_probs, test["labels"], spec_calibrations(specs),
+                                           settings.resamples),
+        "site_simulation": site_simulation,
         "skipped": skipped,
         "onnx": onnx_notes,
         "latency": latency,

@@ -32,6 +32,7 @@ class VariantSpec:
     threshold_source: str
     key: str | None = None  # manifest key (TFLite variants run through edge_infer.Classifier)
     manifest: str | None = None
+    temperature: float | None = None  # fitted on validation; None: outputs used as they are
 
     def to_dict(self) -> dict:
         """The spec as JSON-ready fields (how child processes receive it)."""

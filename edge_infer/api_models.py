@@ -50,6 +50,12 @@ class Prediction(BaseModel):
     uncertain: bool = Field(
         description=f"margin < {UNCERTAIN_MARGIN}: the model barely prefers its answer.")
     model: ModelInfo
+    temperature: Optional[float] = Field(
+        description="The temperature T applied to the model's outputs (p -> softmax(log p / T)) "
+                    "before any decision; null: the model has none fitted (uncalibrated).")
+    profile: str = Field(
+        description="Where T and the threshold come from: 'shipped' (fitted on BUSI "
+                    "validation images) or a site profile's file name and sha256.")
 
 
 class ManifestEntry(BaseModel):
@@ -75,6 +81,8 @@ class Health(BaseModel):
     model: str
     workers: int = Field(description="Classifiers serving requests in parallel.")
     max_upload_bytes: int
+    temperature: Optional[float] = Field(description="The temperature applied to every result.")
+    profile: str = Field(description="'shipped' or the site profile in use.")
 
 
 class ErrorMessage(BaseModel):

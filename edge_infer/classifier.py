@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edge_infer.calibration import Calibration, apply_temperature, shipped_calibration
 from edge_infer.cam import CamError, CamHead, heatmap_overlay, load_cam_head
 from edge_infer.decision import Decision, Mode, decide
 from edge_infer.manifest import (
@@ -19,6 +20,7 @@ from edge_infer.manifest import (
     resolve_model,
 )
 from edge_infer.preprocess import ImageSource, preprocess_image
+from edge_infer.site_profile import load_profile
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.tflite_model import ModelOutput, TFLiteModel
 
@@ -27,12 +29,17 @@ class Classifier:
     """Classify breast-ultrasound images with one shipped TFLite model.
 
     `model` is a variant ('int8', 'float16', 'float32'), a manifest key
-    ('efficientnet-lite0/int8') or a path to a model file listed in the manifest.
+    ('efficientnet-lite0/int8') or a path to a model file listed in the manifest. Its
+    outputs go through the temperature and threshold of the manifest entry (fitted on BUSI
+    validation images), or of the site profile `site` (`edge-infer calibrate`) if given.
     """
 
     def __init__(self, model: str = "int8", threads: int = 1,
-                 manifest_file: str | os.PathLike | None = None) -> None:
+                 manifest_file: str | os.PathLike | None = None,
+                 site: str | os.PathLike | None = None) -> None:
         self.entry: ModelEntry = resolve_model(model, manifest_file)
+        self.calibration: Calibration = (shipped_calibration(self.entry.info) if site is None
+                                         else load_profile(site, self.entry))
         if self.entry.info.get("format") != "tflite":
             raise ModelError(f"{self.entry.key} is not a TFLite model; the runtime needs one")
         try:
@@ -63,10 +70,24 @@ class Classifier:
         return {"key": self.entry.key, "variant": self.entry.info["variant"],
                 "sha256": self.entry.info["sha256"]}
 
+    def calibration_info(self) -> dict:
+        """The temperature and profile behind the probabilities (part of every result)."""
+        return self.calibration.info()
+
     @property
     def threshold(self) -> float:
-        """The high-sensitivity threshold chosen for this model on validation data."""
-        return self.entry.threshold
+        """The high-sensitivity threshold on calibrated probabilities: the site profile's, or
+        the model's own chosen on BUSI validation data."""
+        return self.calibration.threshold
+
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        """The model's probabilities through this classifier's temperature: what every
+        decision, figure and result uses."""
+        return apply_temperature(probs, self.calibration.temperature)
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities (3,) of one preprocessed image."""
+        return self.calibrated(self.model.probabilities(image))
 
     def run_array(self, image: np.ndarray) -> ModelOutput:
         """The model's outputs for one preprocessed image: probabilities and feature map
@@ -79,7 +100,7 @@ class Classifier:
         unless one is given."""
         if mode == "high-sensitivity" and threshold is None:
             threshold = self.threshold
-        return decide(output.probs, mode, threshold)
+        return decide(self.calibrated(output.probs), mode, threshold)
 
     @property
     def has_heatmap(self) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 import click
+import numpy as np
 from tqdm import tqdm
 
 from edge_infer.classifier import Classifier
@@ -27,6 +28,7 @@ from edge_infer.decision import MODES, requested_mode
 from edge_infer.inputs import expand_inputs, labelled_csv, labelled_folder
 from edge_infer.manifest import ModelError, read_manifest
 from edge_infer.preprocess import ImageError, decode_image, to_model_input
+from edge_infer.site_profile import fit_site_profile, profile_summary_lines, write_profile
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.tflite_model import InterpreterMissing
 
@@ -53,6 +55,7 @@ def main() -> None:
     \b
       edge-infer IMAGE [IMAGE|DIR ...]     classify (the default command)
       edge-infer evaluate DIR|--labels CSV a model's figures on labelled images
+      edge-infer calibrate DIR|--labels CSV --out site.json   a site profile from them
       edge-infer info                      the shipped models and their validated figures
       edge-infer serve                     the web app and JSON API (pip install ".[serve]")
 
@@ -60,10 +63,10 @@ def main() -> None:
     """
 
 
-def load_classifier(model: str, threads: int) -> Classifier:
-    """The Classifier, or a one-line error and exit code 1."""
+def load_classifier(model: str, threads: int, site: Path | None = None) -> Classifier:
+    """The Classifier (with a site profile if given), or a one-line error and exit code 1."""
     try:
-        return Classifier(model, threads=threads)
+        return Classifier(model, threads=threads, site=site)
     except (ModelError, InterpreterMissing, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_MODEL)
@@ -107,6 +110,11 @@ threshold_option = click.option(
          "validated for malignant recall >= 0.95.")
 threads_option = click.option("--threads", type=click.IntRange(1), default=DEFAULT_THREADS,
                               show_default=True, help="Interpreter threads.")
+site_option = click.option(
+    "--site", "site", metavar="PROFILE.json",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A site profile from `edge-infer calibrate`: its temperature and threshold instead of "
+         "the shipped ones (refused if fitted for another model file).")
 quiet_option = click.option("--quiet", "-q", is_flag=True,
                             help="No notes or progress bar; errors only.")
 
@@ -122,7 +130,7 @@ def _csv_row(name: str, result: dict) -> list:
     return [name, result["prediction"], result["argmax_prediction"],
             *(f"{result['probs'][c]:.6f}" for c in CLASS_NAMES),
             result["forced_malignant"], result["uncertain"], result["threshold"],
-            result["margin"]]
+            result["margin"], result["temperature"], result["profile"]]
 
 
 @main.command()
@@ -132,25 +140,28 @@ def _csv_row(name: str, result: dict) -> list:
 @threshold_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image (JSON lines).")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@site_option
 @threads_option
 @quiet_option
 def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
-             threshold: float | None, as_json: bool, as_csv: bool, threads: int,
-             quiet: bool) -> None:
+             threshold: float | None, as_json: bool, as_csv: bool, site: Path | None,
+             threads: int, quiet: bool) -> None:
     """Classify images and folders (searched recursively; BUSI *_mask files skipped)."""
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     mode = _chosen_mode(mode, threshold)
     found = expand_inputs(list(inputs))
-    classifier = load_classifier(model_name, threads)
+    classifier = load_classifier(model_name, threads, site)
     say = _note_printer(quiet)
+    if site or classifier.calibration.temperature is None:
+        say(f"note: {calibration_note(classifier)}")
     for note in found.notes:
         say(f"note: {note}")
     writer = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
     if writer:
         writer.writerow(["file", "prediction", "argmax_prediction",
                          *(f"prob_{c}" for c in CLASS_NAMES), "forced_malignant",
-                         "uncertain", "threshold", "margin"])
+                         "uncertain", "threshold", "margin", "temperature", "profile"])
     elif not as_json:
         click.echo(f"{'prediction':<10} {' '.join(f'{c:>9}' for c in CLASS_NAMES)}  "
                    f"{'flags':<16} file")
@@ -166,7 +177,8 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
             continue
         for note in decoded.notes:
             say(f"note: {path}: {note}")
-        result = {"file": str(path), **decision.to_dict(), "model": classifier.model_info()}
+        result = {"file": str(path), **decision.to_dict(), "model": classifier.model_info(),
+                  **classifier.calibration_info()}
         if as_json:
             click.echo(json.dumps(result))
         elif writer:
@@ -177,6 +189,17 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
         click.echo(f"error: {name}: {reason}", err=True)
     if failures:
         sys.exit(EXIT_UNREADABLE)
+
+
+def calibration_note(classifier: Classifier) -> str:
+    """How this run's probabilities are calibrated, in one line."""
+    calibration = classifier.calibration
+    if calibration.temperature is None:
+        return (f"{classifier.entry.key} has no fitted temperature: its probabilities are "
+                "uncalibrated (busi-calibrate fits one)")
+    return (f"probabilities calibrated with temperature {calibration.temperature:.3f}, "
+            f"high-sensitivity threshold {calibration.threshold:.3f} (profile: "
+            f"{calibration.profile})")
 
 
 @main.command()
@@ -193,11 +216,14 @@ def info(as_json: bool) -> None:
         return
     click.echo(f"classes {', '.join(manifest['class_names'])}; input {manifest['input_shape']}; "
                f"preprocessing {manifest['preprocessing']}; default {manifest['default_arch']}")
-    click.echo(f"{'model':<28} {'MB':>6} {'T':>6} {'test acc':>8} {'agree':>6}  file")
+    click.echo(f"{'model':<28} {'MB':>6} {'T':>6} {'temp.':>6} {'test acc':>8} {'agree':>6}  "
+               "file")
     for key, entry in manifest["models"].items():
         figures = entry.get("verification", entry.get("metrics", {})).get("test", {})
         agreement = figures.get("agreement")
+        temperature = entry.get("temperature")
         click.echo(f"{key:<28} {entry['bytes'] / 1e6:6.1f} {entry['threshold']:6.3f} "
+                   f"{'—' if temperature is None else f'{temperature:.3f}':>6} "
                    f"{figures.get('accuracy', float('nan')):8.3f} "
                    f"{'' if agreement is None else f'{agreement:6.3f}':>6}  {entry['file']}")
 
@@ -228,6 +254,7 @@ def _load_evaluation(plots: bool) -> ModuleType:
 @model_option
 @mode_option
 @threshold_option
+@site_option
 @threads_option
 @click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every figure, per-image prediction and error to this JSON file.")
@@ -237,7 +264,7 @@ def _load_evaluation(plots: bool) -> ModuleType:
               help="Bootstrap resamples for the 95 % intervals (seed 0).")
 @quiet_option
 def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode: str | None,
-             threshold: float | None, threads: int, json_file: Path | None,
+             threshold: float | None, site: Path | None, threads: int, json_file: Path | None,
              plots_dir: Path | None, resamples: int, quiet: bool) -> None:
     """A model's figures on labelled images: DIR holds a folder per class (normal/ benign/
     malignant/, any subset; BUSI *_mask files skipped), or --labels CSV lists file,label.
@@ -258,10 +285,12 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
             f"{labels_file} lists no image (only BUSI masks)" if labels_file else
             f"{path} holds no class folder ({', '.join(CLASS_NAMES)}); for a CSV of files "
             "and labels use --labels")
-    classifier = load_classifier(model_name, threads)
+    classifier = load_classifier(model_name, threads, site)
     threshold_source = None
     if mode == "high-sensitivity":
-        threshold_source = "given" if threshold is not None else "the model's validated threshold"
+        threshold_source = ("given" if threshold is not None else
+                            "the site profile's threshold" if site else
+                            "the model's validated threshold")
         threshold = classifier.threshold if threshold is None else threshold
     say = _note_printer(quiet)
     for note in found.notes:
@@ -317,8 +346,9 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
               help="Classifiers answering requests in parallel (one interpreter each).")
 @click.option("--max-upload-mb", type=click.IntRange(1, 1024), default=10, show_default=True,
               help="Largest accepted upload in MiB; larger ones get 413.")
+@site_option
 def serve(host: str, port: int, model_name: str, threads: int, workers: int,
-          max_upload_mb: int) -> None:
+          max_upload_mb: int, site: Path | None) -> None:
     """Serve the upload page and the JSON API (POST /predict, /docs) with uvicorn.
 
     Exits 1 when the [serve] extra is not installed or the model cannot be loaded.
@@ -335,7 +365,7 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
         sys.exit(EXIT_MODEL)
     try:
         app = create_app(model_name, threads=threads, workers=workers,
-                         max_upload_bytes=max_upload_mb * 2**20)
+                         max_upload_bytes=max_upload_mb * 2**20, site=site)
     except (ModelError, InterpreterMissing, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_MODEL)
@@ -343,3 +373,86 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
         click.echo(f"note: listening on {host}: anyone who can reach it can use it "
                    "(no authentication)", err=True)
     uvicorn.run(app, host=host, port=port)
+
+
+@main.command()
+@click.argument("path", required=False, metavar="[DIR]",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--labels", "labels_file", metavar="CSV",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A CSV with file,label columns (files relative to the CSV), instead of DIR.")
+@click.option("--out", "out", required=True, metavar="PROFILE.json",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the site profile.")
+@model_option
+@threads_option
+@click.option("--description", default="", metavar="TEXT",
+              help="Where the images come from (clinic, scanner, period), kept in the profile.")
+@click.option("--resamples", type=click.IntRange(10), default=1000, show_default=True,
+              help="Bootstrap resamples for the sensitivity interval and refits (seed 0).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No notes or progress bar (warnings and errors are still shown).")
+def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name: str,
+              threads: int, description: str, resamples: int, quiet: bool) -> None:
+    """Fit a site profile from a clinic's own labelled images (as few as ~50, at least 20
+    malignant for a sound promise): DIR holds a folder per class, or --labels CSV lists
+    file,label, as for `evaluate`.
+
+    \b
+    The profile holds a temperature for the model's probabilities (fitted on these images by
+    minimising the negative log-likelihood) and the high-sensitivity threshold: the highest one
+    still calling >= 95 % of these malignant images malignant, with a bootstrap interval of
+    that sensitivity, the sensitivity refits reach on images they did not see, and warnings
+    when the malignant images are too few for the promise. It is tied to the model file
+    (sha256). Use it with `edge-infer --site PROFILE.json IMAGE`, `edge-infer evaluate --site`
+    and `edge-infer serve --site`. Works in the light runtime (numpy only).
+    Exit 2: no malignant image among the labels; 3 / 4 as for evaluate (the profile is still
+    written from the other images).
+    """
+    if (path is None) == (labels_file is None):
+        raise click.UsageError("give a folder of class folders (DIR) or --labels CSV, not both")
+    found = labelled_csv(labels_file) if labels_file else labelled_folder(path)
+    source_path = labels_file or path
+    if not any(label == "malignant" for _, label in found.items):
+        raise click.UsageError(
+            f"{source_path} holds no malignant images: a threshold for malignant sensitivity "
+            "cannot be fitted without them (a folder malignant/, or rows labelled malignant)")
+    classifier = load_classifier(model_name, threads)
+    say = _note_printer(quiet)
+    for note in found.notes:
+        say(f"note: {note}")
+    raw, labels, failures = [], [], []
+    progress = tqdm(found.items, unit="img", file=sys.stderr,
+                    disable=quiet or len(found.items) < PROGRESS_MIN_IMAGES)
+    for image_path, label in progress:
+        try:
+            decoded = decode_image(image_path)
+            raw.append(classifier.model.probabilities(to_model_input(decoded.image)))
+        except ImageError as err:
+            failures.append((str(image_path), str(err)))
+            continue
+        labels.append(CLASS_NAMES.index(label))
+    for name, reason in found.unreadable + failures + found.unlabelled:
+        click.echo(f"error: {name}: {reason}", err=True)
+    code = (EXIT_UNKNOWN_LABEL if found.unlabelled else
+            EXIT_UNREADABLE if found.unreadable or failures else 0)
+    source = {"kind": "labels" if labels_file else "folder", "path": str(source_path.resolve()),
+              "description": description, "not_used": len(found.unreadable + failures
+                                                          + found.unlabelled)}
+    try:
+        profile = fit_site_profile(np.array(raw).reshape(-1, len(CLASS_NAMES)),
+                                   np.array(labels, dtype=np.int64), classifier.model_info(),
+                                   source, n_resamples=resamples)
+    except ValueError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(code or EXIT_UNREADABLE)
+    try:
+        write_profile(profile, out)
+    except OSError as err:
+        click.echo(f"error: cannot write {out}: {err.strerror or err}", err=True)
+        sys.exit(EXIT_MODEL)
+    click.echo("\n".join(profile_summary_lines(profile, classifier.calibration, out)))
+    for warning in profile["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    if code:
+        sys.exit(code)

@@ -3,6 +3,7 @@ so each call borrows one Classifier and no two calls ever share one."""
 
 from __future__ import annotations
 
+import os
 import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,13 +17,15 @@ from edge_infer.preprocess import ImageSource, preprocess_image
 class ClassifierPool:
     """`size` Classifiers of one model; `classify` blocks until one is free."""
 
-    def __init__(self, model: str = "int8", threads: int = 1, size: int = 2) -> None:
+    def __init__(self, model: str = "int8", threads: int = 1, size: int = 2,
+                 site: str | os.PathLike | None = None) -> None:
         if size < 1:
             raise ValueError(f"pool size must be at least 1, got {size}")
-        classifiers = [Classifier(model, threads=threads) for _ in range(size)]
+        classifiers = [Classifier(model, threads=threads, site=site) for _ in range(size)]
         self.size = size
         self.entry: ModelEntry = classifiers[0].entry
         self.model_info = classifiers[0].model_info()
+        self.calibration_info = classifiers[0].calibration_info()
         self._idle: queue.Queue[Classifier] = queue.Queue()
         for classifier in classifiers:
             self._idle.put(classifier)

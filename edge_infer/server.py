@@ -5,8 +5,9 @@ Classifier.classify_array -> decide) and inference runs in worker threads, so th
 is never blocked and no two requests share an interpreter. `edge-infer serve` runs it.
 """
 
+import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -38,9 +39,11 @@ def human_size(size: int) -> str:
 
 
 def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> FastAPI:
-    """The app serving one model from `workers` Classifiers of `threads` interpreter threads."""
-    pool = ClassifierPool(model, threads=threads, size=workers)
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               site: Union[str, os.PathLike, None] = None) -> FastAPI:
+    """The app serving one model from `workers` Classifiers of `threads` interpreter threads,
+    calibrated by the site profile `site` if given (else the shipped temperature/threshold)."""
+    pool = ClassifierPool(model, threads=threads, size=workers, site=site)
     too_large = f"upload too large: the limit is {human_size(max_upload_bytes)}"
     # /docs loads Swagger UI's files from the app, not a CDN; ReDoc (it fetches a logo from
     # cdn.redoc.ly) is off
@@ -58,7 +61,7 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
     def healthz() -> dict:
         """The server is up; which model it serves and its limits."""
         return {"status": "ok", "model": pool.entry.key, "workers": pool.size,
-                "max_upload_bytes": max_upload_bytes}
+                "max_upload_bytes": max_upload_bytes, **pool.calibration_info}
 
     @app.get("/model", response_model=ManifestEntry)
     def model_entry() -> dict:
@@ -93,6 +96,7 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
             raise HTTPException(UNSUPPORTED, str(err)) from None
         except ImageError as err:
             raise HTTPException(UNPROCESSABLE, str(err)) from None
-        return {"file": file.filename or "", **decision.to_dict(), "model": pool.model_info}
+        return {"file": file.filename or "", **decision.to_dict(), "model": pool.model_info,
+                **pool.calibration_info}
 
     return app

@@ -32,10 +32,11 @@ from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
 
 DECISION_KEYS = ("prediction", "argmax_prediction", "forced_malignant", "mode", "threshold",
                  "probs", "prob_malignant", "top2", "margin", "uncertain")
-RESULT_KEYS = {*DECISION_KEYS, "file", "model"}
+RESULT_KEYS = {*DECISION_KEYS, "file", "model", "temperature", "profile"}
 MODEL_KEYS = {"key", "variant", "sha256"}
 CSV_HEADER = ["file", "prediction", "argmax_prediction", "prob_normal", "prob_benign",
-              "prob_malignant", "forced_malignant", "uncertain", "threshold", "margin"]
+              "prob_malignant", "forced_malignant", "uncertain", "threshold", "margin",
+              "temperature", "profile"]
 PROB_TOLERANCE = 1e-6
 IMAGES_PER_CLASS = {"normal": 3, "benign": 4, "malignant": 3}
 ORIENTATION_TAG = 0x0112
@@ -735,7 +736,8 @@ def test_classifying_does_not_import_tensorflow(manifest: dict, scan: Path) -> N
 
 # --- evaluate: a model's figures on labelled images ----------------------------------------
 
-EVALUATION_KEYS = {"schema_version", "model", "source", "mode", "threshold", "threshold_source",
+EVALUATION_KEYS = {"schema_version", "model", "temperature", "profile", "source", "mode",
+                   "threshold", "threshold_source",
                    "n_images", "class_counts", "metrics", "intervals_95", "bootstrap",
                    "roc_benign_vs_malignant", "errors", "notes", "predictions"}
 INTERVAL_KEYS = {"accuracy", "balanced_accuracy", "macro_f1", "malignant_recall",

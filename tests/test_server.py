@@ -237,7 +237,7 @@ def test_health_model_and_openapi(client: TestClient, manifest: dict) -> None:
     ok = schema["paths"]["/predict"]["post"]["responses"]["200"]
     assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/Prediction")
     fields = schema["components"]["schemas"]["Prediction"]["properties"]
-    assert set(fields) == DECISION_FIELDS | {"file", "model"}
+    assert set(fields) == DECISION_FIELDS | {"file", "model", "temperature", "profile"}
     assert {"413", "415", "422"} <= set(schema["paths"]["/predict"]["post"]["responses"])
     assert client.get("/docs").status_code == 200
 

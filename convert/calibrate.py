@@ -1,0 +1,130 @@
+"""`busi-calibrate`: fit each shipped model's temperature on the BUSI validation split and re-choose
+its high-sensitivity threshold on the calibrated probabilities, into models/manifest.json.
+
+Run it after `busi-publish` / `busi-convert` (they write uncalibrated entries: no temperature,
+a threshold on raw probabilities). Each variant is fitted from its own outputs: a TFLite model
+through the edge runtime's interpreter (int8: its dequantized uint8 probabilities), the Keras
+model through `predict`. Re-running it refits from the model files, never from earlier fits.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import numpy as np
+
+from edge_infer.calibration import TEMPERATURE_BOUNDS, fit_calibration
+from edge_infer.datasets import SPLIT_FILENAME, load_images, resolve_busi_dir, split_files
+from edge_infer.datasets import models_dir as shipped_models_dir
+from edge_infer.manifest import (
+    MANIFEST_FILENAME,
+    ModelError,
+    read_manifest,
+    resolve_model,
+    sha256_of,
+    update_manifest,
+)
+from edge_infer.tflite_model import TFLiteModel
+
+THRESHOLD_RULE = ("highest T with malignant recall >= 0.95 on the validation split, on the "
+                  "temperature-calibrated probabilities")
+OBJECTIVE = (f"mean negative log-likelihood of softmax(log p / T) on the validation split, "
+             f"golden-section search over log T in [{TEMPERATURE_BOUNDS[0]}, "
+             f"{TEMPERATURE_BOUNDS[1]}]")
+
+
+def raw_probabilities(entry_key: str, manifest_file: Path, images: np.ndarray,
+                      threads: int) -> np.ndarray:
+    """A model's own, uncalibrated probabilities (N, 3) on preprocessed uint8 images: TFLite
+    through the runtime's interpreter wrapper, Keras through `predict`."""
+    entry = resolve_model(entry_key, manifest_file)  # sha256-checked
+    if entry.info["format"] == "tflite":
+        return TFLiteModel(entry.path, threads).predict(images)
+    import keras
+
+    model = keras.models.load_model(entry.path)
+    return model.predict(images.astype(np.float32), batch_size=32, verbose=0)
+
+
+def calibration_fields(probs: np.ndarray, labels: np.ndarray, split_sha256: str,
+                       source: str) -> dict:
+    """The manifest fields of one model's fit: temperature, threshold and how they came about."""
+    fit = fit_calibration(probs, labels)
+    return {
+        "temperature": fit.temperature,
+        "threshold": fit.threshold,
+        "threshold_rule": THRESHOLD_RULE,
+        "temperature_fit": {
+            "split": "val", "images": fit.n, "malignant": fit.n_malignant,
+            "split_sha256": split_sha256, "outputs": source, "objective": OBJECTIVE,
+            "nll_before": fit.nll_before, "nll_after": fit.nll_after,
+            "made_by": "busi-calibrate",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+
+
+SOURCES = {"tflite": "the TFLite file's own probabilities (dequantized when uint8), "
+                     "edge_infer.tflite_model",
+           "keras": "the Keras model's predict()"}
+
+
+@click.command(help=__doc__)
+@click.option("--arch", default=None, help="Architecture in the manifest (default: its default).")
+@click.option("--variants", default=None,
+              help="Comma-separated variants to fit (default: every one the manifest lists for "
+                   "the architecture: keras, float32, float16, int8).")
+@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
+@click.option("--threads", default=2, show_default=True, help="Interpreter threads.")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with manifest.json, the split and the models (default: models/).")
+def main(arch: str | None, variants: str | None, busi_dir: str | None, threads: int,
+         models_dir: Path | None) -> None:
+    folder = models_dir or shipped_models_dir()
+    manifest_file = folder / MANIFEST_FILENAME
+    split_file = folder / SPLIT_FILENAME
+    try:
+        manifest = read_manifest(manifest_file)
+        arch = arch or manifest.get("default_arch")
+        if not arch:
+            raise ModelError(f"{manifest_file} names no default architecture: pass --arch")
+        root = resolve_busi_dir(busi_dir)
+    except (ModelError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    listed = [info["variant"] for info in manifest["models"].values() if info["arch"] == arch]
+    wanted = variants.split(",") if variants else listed
+    unknown = sorted(set(wanted) - set(listed))
+    if unknown:
+        raise click.UsageError(f"{arch} has no {', '.join(unknown)} in {manifest_file} "
+                               f"(it has {', '.join(listed) or 'nothing'})")
+    images, labels = load_images(split_files("val", split_file), root, desc="val")
+    entries, split_sha256 = {}, sha256_of(split_file)
+    for variant in wanted:
+        key = f"{arch}/{variant}"
+        info = manifest["models"][key]
+        try:
+            probs = raw_probabilities(key, manifest_file, images, threads)
+        except ImportError as err:
+            click.echo(f"skipped {key}: {err.name} is not installed (pip install \".[convert]\")",
+                       err=True)
+            continue
+        except ModelError as err:
+            raise click.ClickException(str(err)) from None
+        fields = calibration_fields(probs, labels, split_sha256, SOURCES[info["format"]])
+        fit = fields["temperature_fit"]
+        click.echo(f"{key:28s} T = {fields['temperature']:.3f}  val NLL {fit['nll_before']:.3f} "
+                   f"-> {fit['nll_after']:.3f}  threshold {info['threshold']:.3f} -> "
+                   f"{fields['threshold']:.3f} (calibrated)")
+        entries[key] = {**info, **fields}
+    if not entries:
+        click.echo("nothing fitted", err=True)
+        sys.exit(1)
+    update_manifest(entries, path=manifest_file)
+    click.echo(f"manifest updated: {', '.join(entries)}")
+
+
+if __name__ == "__main__":
+    main()
