@@ -36,6 +36,7 @@ def calibration_lines(results: dict) -> list[str]:
     for name, info in calibration.items():
         high = info["test"]["high_sensitivity"]
         rows.append([name, _value(info["temperature"]), info["source"],
+                     _value(info["temperature_best_on_test"]),
                      *(f"{_value(info[m]['before'])} → {_value(info[m]['after'])}"
                        for m in ("ece", "brier", "nll")),
                      _value(info["threshold"]), _with_interval(high, "sensitivity"),
@@ -56,11 +57,26 @@ def calibration_lines(results: dict) -> list[str]:
             "Brier score, NLL. Sensitivity: malignant images called malignant at T; "
             "specificity: the other images not called malignant; brackets: 95 % bootstrap "
             f"interval ({results['settings']['resamples']} resamples, seed 0).", "",
-            *_table(["Variant", "Temperature", "Fitted", "ECE", "Brier", "NLL", "T (calibrated)",
+            *_table(["Variant", "Temperature", "Fitted", "Test's own best temperature "
+                     "(diagnostic, not used)", "ECE", "Brier", "NLL", "T (calibrated)",
                      "Test sensitivity @T", "Test specificity @T"], rows),
+            *_verdict(calibration),
             f"![reliability before and after temperature scaling]"
             f"({results['plots']['reliability_calibration']})", "",
             f"![reliability diagram]({results['plots']['reliability']})", ""]
+
+
+def _verdict(calibration: dict) -> list[str]:
+    """Whether the temperature helped on the test split, said plainly."""
+    worse = [name for name, info in calibration.items()
+             if info["temperature"] is not None and info["ece"]["after"] > info["ece"]["before"]]
+    if not worse:
+        return ["Temperature scaling lowers (or keeps) every variant's test ECE.", ""]
+    return [f"Temperature scaling fitted on validation makes test ECE worse for "
+            f"{', '.join(worse)}: the temperature the test split itself would pick differs from "
+            "the validation one (column 4), i.e. the two small splits disagree about the "
+            "models' confidence; the temperature is still the one fitted on validation, as test "
+            "data must not choose it.", ""]
 
 
 def site_lines(results: dict) -> list[str]:

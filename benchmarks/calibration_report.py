@@ -18,7 +18,12 @@ import numpy as np
 from benchmarks.evaluate import malignant_figures
 from benchmarks.external import load_external
 from benchmarks.metrics import brier_score, expected_calibration_error, reliability_bins
-from edge_infer.calibration import Calibration, apply_temperature, negative_log_likelihood
+from edge_infer.calibration import (
+    Calibration,
+    apply_temperature,
+    fit_temperature,
+    negative_log_likelihood,
+)
 from edge_infer.datasets import EXTERNAL_LABELS
 from edge_infer.site_profile import fit_site_profile
 from edge_infer.spec import CLASS_NAMES
@@ -32,8 +37,9 @@ def calibration_results(raw_test_probs: dict[str, np.ndarray], test_labels: np.n
                         calibrations: dict[str, dict], n_resamples: int) -> dict:
     """Per variant: its temperature (and where it came from), ECE / Brier / NLL and reliability
     bins of the raw and the calibrated test probabilities, and the malignant figures at the
-    calibrated threshold with bootstrap intervals. `calibrations[name]`: temperature (None:
-    not fitted), threshold, source."""
+    calibrated threshold with bootstrap intervals; and, as a diagnostic only, the temperature the
+    test split itself would pick. `calibrations[name]`: temperature (None: not fitted),
+    threshold, source."""
     results = {}
     for name, raw in raw_test_probs.items():
         chosen = calibrations[name]
@@ -48,6 +54,8 @@ def calibration_results(raw_test_probs: dict[str, np.ndarray], test_labels: np.n
                                         ("reliability", reliability_bins))},
             "test": malignant_figures(test_labels, stages["after"], chosen["threshold"],
                                       n_resamples),
+            # a diagnostic of how far validation and test disagree; never used for anything
+            "temperature_best_on_test": fit_temperature(raw, test_labels),
         }
     return results
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge_infer.calibration import TEMPERATURE_BOUNDS, fit_calibration
+from edge_infer.calibration import TEMPERATURE_BOUNDS, fit_calibration, fit_temperature
 from edge_infer.datasets import SPLIT_FILENAME, load_images, resolve_busi_dir, split_files
 from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.manifest import (
@@ -27,6 +27,7 @@ from edge_infer.manifest import (
     sha256_of,
     update_manifest,
 )
+from edge_infer.rates import bootstrap_interval
 from edge_infer.tflite_model import TFLiteModel
 
 THRESHOLD_RULE = ("highest T with malignant recall >= 0.95 on the validation split, on the "
@@ -53,6 +54,8 @@ def calibration_fields(probs: np.ndarray, labels: np.ndarray, split_sha256: str,
                        source: str) -> dict:
     """The manifest fields of one model's fit: temperature, threshold and how they came about."""
     fit = fit_calibration(probs, labels)
+    low, high = bootstrap_interval(lambda idx: fit_temperature(probs[idx], labels[idx]),
+                                   len(labels))
     return {
         "temperature": fit.temperature,
         "threshold": fit.threshold,
@@ -61,6 +64,9 @@ def calibration_fields(probs: np.ndarray, labels: np.ndarray, split_sha256: str,
             "split": "val", "images": fit.n, "malignant": fit.n_malignant,
             "split_sha256": split_sha256, "outputs": source, "objective": OBJECTIVE,
             "nll_before": fit.nll_before, "nll_after": fit.nll_after,
+            "temperature_interval_95": [low, high],
+            "interval_method": "percentile bootstrap over the validation images (refit each "
+                               "resample; 1000 resamples, seed 0)",
             "made_by": "busi-calibrate",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
@@ -115,7 +121,9 @@ def main(arch: str | None, variants: str | None, busi_dir: str | None, threads: 
             raise click.ClickException(str(err)) from None
         fields = calibration_fields(probs, labels, split_sha256, SOURCES[info["format"]])
         fit = fields["temperature_fit"]
-        click.echo(f"{key:28s} T = {fields['temperature']:.3f}  val NLL {fit['nll_before']:.3f} "
+        low, high = fit["temperature_interval_95"]
+        click.echo(f"{key:28s} T = {fields['temperature']:.3f} [{low:.3f}, {high:.3f}]  "
+                   f"val NLL {fit['nll_before']:.3f} "
                    f"-> {fit['nll_after']:.3f}  threshold {info['threshold']:.3f} -> "
                    f"{fields['threshold']:.3f} (calibrated)")
         entries[key] = {**info, **fields}
