@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from benchmarks.cam_eval import plot_cam_examples  # noqa: E402
 from edge_infer.spec import CLASS_NAMES  # noqa: E402
 
 PLOTS: dict[str, str] = {
@@ -18,6 +19,7 @@ PLOTS: dict[str, str] = {
     "confusion_matrices": "confusion_matrices.png",
     "reliability": "reliability.png",
     "reliability_calibration": "reliability_calibration.png",
+    "cam_examples": "cam_examples.png",
 }
 DPI = 120
 
@@ -139,6 +141,7 @@ def make_plots(results: dict, out: Path) -> dict[str, str]:
     plot_confusion_matrices(results, out / PLOTS["confusion_matrices"])
     plot_reliability(results, out / PLOTS["reliability"])
     plot_reliability_calibration(results, out / PLOTS["reliability_calibration"])
+    plot_cam_examples(results, out / PLOTS["cam_examples"])
     return dict(PLOTS)
 
 

@@ -20,6 +20,7 @@ from benchmarks.calibration_report import (
     site_section,
     spec_calibrations,
 )
+from benchmarks.cam_eval import benchmark_cam
 from benchmarks.coldstart import measure_cold_start
 from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
 from benchmarks.external import external_results
@@ -186,6 +187,9 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
     site_simulation = ({"skipped": external_missing} if external is None else
                        site_section(external, settings.external_stride, runners,
                                     settings.resamples))
+    progress.set_postfix_str("heat-maps vs lesion masks")
+    heatmaps = benchmark_cam(arch, manifest_file, root, test["files"], test["labels"], model,
+                             settings.accuracy_threads, settings.resamples)
     progress.update()
     with tempfile.TemporaryDirectory(prefix="busi-bench-") as workdir:
         progress.set_postfix_str("onnx export + int8")
@@ -228,6 +232,7 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
         "calibration": calibration_results(raw_probs, test["labels"], spec_calibrations(specs),
                                            settings.resamples),
         "site_simulation": site_simulation,
+        "cam": heatmaps,
         "skipped": skipped,
         "onnx": onnx_notes,
         "latency": latency,

@@ -31,6 +31,17 @@ class ModelInfo(BaseModel):
     sha256: str
 
 
+class Heatmap(BaseModel):
+    """The class activation map of the reported class over the upload (edge_infer/cam.py):
+    where the model found its evidence, not a lesion outline."""
+
+    label: ClassName = Field(description="The class whose map is shown: the prediction.")
+    width: int = Field(description="Width of the image as decoded (EXIF orientation applied).")
+    height: int
+    png: str = Field(description="data:image/png;base64,... the upload as decoded with the map "
+                                 "overlaid (turbo colours, alpha 0.6 x map value).")
+
+
 class Prediction(BaseModel):
     """One classified upload (the schema of `edge-infer --json`)."""
 
@@ -50,6 +61,8 @@ class Prediction(BaseModel):
     uncertain: bool = Field(
         description=f"margin < {UNCERTAIN_MARGIN}: the model barely prefers its answer.")
     model: ModelInfo
+    heatmap: Optional[Heatmap] = Field(
+        None, description="Only when the request asks for it (heatmap=true); absent otherwise.")
     temperature: Optional[float] = Field(
         description="The temperature T applied to the model's outputs (p -> softmax(log p / T)) "
                     "before any decision; null: the model has none fitted (uncalibrated).")

@@ -18,6 +18,7 @@ logit. The map shown is:
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 from dataclasses import dataclass
@@ -124,3 +125,8 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png_data_url(image: Image.Image) -> str:
+    """An image as a PNG data URL (what the web page shows)."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")

@@ -21,8 +21,10 @@ from types import ModuleType
 
 import click
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
+from edge_infer.cam import png_bytes
 from edge_infer.classifier import Classifier
 from edge_infer.decision import MODES, requested_mode
 from edge_infer.inputs import expand_inputs, labelled_csv, labelled_folder
@@ -117,6 +119,13 @@ site_option = click.option(
          "the shipped ones (refused if fitted for another model file).")
 quiet_option = click.option("--quiet", "-q", is_flag=True,
                             help="No notes or progress bar; errors only.")
+heatmap_option = click.option(
+    "--heatmap", "heatmap", metavar="OUT.png", type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the image (one only) with the model's class activation map overlaid: where "
+         "the evidence for the predicted class lies (edge_infer/cam.py). Not a lesion outline.")
+heatmap_class_option = click.option(
+    "--heatmap-class", type=click.Choice(CLASS_NAMES), default=None,
+    help="The class whose map --heatmap shows (default: the prediction).")
 
 
 def _table_row(name: str, result: dict) -> str:
@@ -143,15 +152,24 @@ def _csv_row(name: str, result: dict) -> list:
 @site_option
 @threads_option
 @quiet_option
+@heatmap_option
+@heatmap_class_option
 def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
              threshold: float | None, as_json: bool, as_csv: bool, site: Path | None,
-             threads: int, quiet: bool) -> None:
+             threads: int, quiet: bool, heatmap: Path | None,
+             heatmap_class: str | None) -> None:
     """Classify images and folders (searched recursively; BUSI *_mask files skipped)."""
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     mode = _chosen_mode(mode, threshold)
     found = expand_inputs(list(inputs))
+    if heatmap and len(found.files) + len(found.errors) != 1:
+        raise click.UsageError("--heatmap writes one image's heat-map: give exactly one image")
     classifier = load_classifier(model_name, threads, site)
+    if heatmap and not classifier.has_heatmap:
+        click.echo(f"error: {classifier.entry.key} gives no heat-map (no feature-map output or "
+                   "head in its manifest entry): convert it again with busi-convert", err=True)
+        sys.exit(EXIT_MODEL)
     say = _note_printer(quiet)
     if site or classifier.calibration.temperature is None:
         say(f"note: {calibration_note(classifier)}")
@@ -171,7 +189,8 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
     for path in progress:
         try:
             decoded = decode_image(path)
-            decision = classifier.classify_array(to_model_input(decoded.image), mode, threshold)
+            output = classifier.run_array(to_model_input(decoded.image))
+            decision = classifier.decide_output(output, mode, threshold)
         except ImageError as err:
             failures.append((str(path), str(err)))
             continue
@@ -185,10 +204,25 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
             writer.writerow(_csv_row(str(path), result))
         else:
             click.echo(_table_row(str(path), result))
+        if heatmap:
+            _write_heatmap(classifier.heatmap(decoded.image, output,
+                                              heatmap_class or decision.prediction),
+                           heatmap, heatmap_class or decision.prediction, say)
     for name, reason in failures:
         click.echo(f"error: {name}: {reason}", err=True)
     if failures:
         sys.exit(EXIT_UNREADABLE)
+
+
+def _write_heatmap(overlay: Image.Image, out: Path, label: str,
+                   say: Callable[[str], None]) -> None:
+    """Save the heat-map PNG, or a one-line error and exit code 1."""
+    try:
+        out.write_bytes(png_bytes(overlay))
+    except OSError as err:
+        click.echo(f"error: cannot write {out}: {err.strerror or err}", err=True)
+        sys.exit(EXIT_MODEL)
+    say(f"note: heat-map of class {label} written to {out}")
 
 
 def calibration_note(classifier: Classifier) -> str:
@@ -406,6 +440,7 @@ def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name
     when the malignant images are too few for the promise. It is tied to the model file
     (sha256). Use it with `edge-infer --site PROFILE.json IMAGE`, `edge-infer evaluate --site`
     and `edge-infer serve --site`. Works in the light runtime (numpy only).
+
     Exit 2: no malignant image among the labels; 3 / 4 as for evaluate (the profile is still
     written from the other images).
     """

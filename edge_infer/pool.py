@@ -8,10 +8,12 @@ import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from PIL import Image
+
 from edge_infer.classifier import Classifier
 from edge_infer.decision import Decision, Mode
 from edge_infer.manifest import ModelEntry
-from edge_infer.preprocess import ImageSource, preprocess_image
+from edge_infer.preprocess import ImageSource, decode_image, preprocess_image, to_model_input
 
 
 class ClassifierPool:
@@ -25,6 +27,7 @@ class ClassifierPool:
         self.size = size
         self.entry: ModelEntry = classifiers[0].entry
         self.model_info = classifiers[0].model_info()
+        self.has_heatmap = classifiers[0].has_heatmap
         self.calibration_info = classifiers[0].calibration_info()
         self._idle: queue.Queue[Classifier] = queue.Queue()
         for classifier in classifiers:
@@ -45,3 +48,13 @@ class ClassifierPool:
         image = preprocess_image(source)
         with self.borrow() as classifier:
             return classifier.classify_array(image, mode, threshold)
+
+    def classify_with_heatmap(self, source: ImageSource, mode: Mode = "argmax",
+                              threshold: float | None = None) -> tuple[Decision, Image.Image]:
+        """`classify`, plus the decoded image with the predicted class's heat-map overlaid."""
+        decoded = decode_image(source)
+        image = to_model_input(decoded.image)
+        with self.borrow() as classifier:
+            output = classifier.run_array(image)
+            decision = classifier.decide_output(output, mode, threshold)
+            return decision, classifier.heatmap(decoded.image, output, decision.prediction)

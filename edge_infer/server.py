@@ -17,6 +17,7 @@ from fastapi_offline import FastAPIOffline
 
 from edge_infer.api_models import ErrorMessage, Health, ManifestEntry, Prediction
 from edge_infer.body_limit import TOO_LARGE, BodySizeLimit
+from edge_infer.cam import png_data_url
 from edge_infer.decision import Mode, requested_mode
 from edge_infer.pool import ClassifierPool
 from edge_infer.preprocess import ImageError, NotAnImage
@@ -24,7 +25,7 @@ from edge_infer.preprocess import ImageError, NotAnImage
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers, mode and threshold
-PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:"}
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:"}
 UNSUPPORTED, UNPROCESSABLE = 415, 422
 DESCRIPTION = ("Classify a breast-ultrasound image as normal / benign / malignant. "
                "**A research tool, not a diagnosis**: not validated for clinical use.")
@@ -68,10 +69,12 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
         """The served model's manifest entry."""
         return {"key": pool.entry.key, **pool.entry.info}
 
-    @app.post("/predict", response_model=Prediction, responses={
-        TOO_LARGE: {"model": ErrorMessage, "description": "Upload over the size limit."},
-        UNSUPPORTED: {"model": ErrorMessage, "description": "Not an image Pillow can read."},
-    })
+    @app.post("/predict", response_model=Prediction, response_model_exclude_unset=True,
+              responses={
+                  TOO_LARGE: {"model": ErrorMessage, "description": "Upload over the size limit."},
+                  UNSUPPORTED: {"model": ErrorMessage,
+                                "description": "Not an image Pillow can read."},
+              })
     async def predict(
         file: Annotated[UploadFile, File(description="The image (PNG, JPEG, TIFF, ...).")],
         mode: Annotated[Optional[Mode], Form(
@@ -81,22 +84,37 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
             ge=0.0, le=1.0, allow_inf_nan=False,
             description="High-sensitivity threshold (implies that mode); default: the "
                         "model's validated threshold.")] = None,
+        heatmap: Annotated[bool, Form(
+            description="true: also answer the predicted class's heat-map as a PNG data "
+                        "URL (field `heatmap`).")] = False,
     ) -> dict:
         """Classify one image. 422: an empty, corrupt or truncated image, or a bad field."""
         try:
             chosen_mode = requested_mode(mode, threshold)
         except ValueError as err:
             raise HTTPException(UNPROCESSABLE, str(err)) from None
+        if heatmap and not pool.has_heatmap:
+            raise HTTPException(UNPROCESSABLE, f"{pool.entry.key} gives no heat-map (no "
+                                "feature-map output or head): convert it again")
         data = await file.read()
         if len(data) > max_upload_bytes:
             raise HTTPException(TOO_LARGE, too_large)
+        overlay = None
         try:
-            decision = await run_in_threadpool(pool.classify, data, chosen_mode, threshold)
+            if heatmap:
+                decision, overlay = await run_in_threadpool(pool.classify_with_heatmap, data,
+                                                            chosen_mode, threshold)
+            else:
+                decision = await run_in_threadpool(pool.classify, data, chosen_mode, threshold)
         except NotAnImage as err:
             raise HTTPException(UNSUPPORTED, str(err)) from None
         except ImageError as err:
             raise HTTPException(UNPROCESSABLE, str(err)) from None
-        return {"file": file.filename or "", **decision.to_dict(), "model": pool.model_info,
-                **pool.calibration_info}
+        result = {"file": file.filename or "", **decision.to_dict(), "model": pool.model_info,
+                  **pool.calibration_info}
+        if overlay is not None:
+            result["heatmap"] = {"label": decision.prediction, "width": overlay.width,
+                                 "height": overlay.height, "png": png_data_url(overlay)}
+        return result
 
     return app

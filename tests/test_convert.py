@@ -171,6 +171,60 @@ def test_unknown_variant_is_refused(tiny_model, variant: str) -> None:
         convert_model(tiny_model, variant)
 
 
+@pytest.fixture(scope="module")
+def single_output(tiny_model: keras.Model, val_split, tmp_path_factory) -> dict[str, Path]:
+    """Each variant converted without the feature-map output (as before heat-maps)."""
+    folder = tmp_path_factory.mktemp("single_output")
+    paths = {}
+    for variant in VARIANTS:
+        paths[variant] = folder / f"tiny-{variant}.tflite"
+        paths[variant].write_bytes(convert_model(tiny_model, variant, val_split[0],
+                                                 feature_map=False))
+    return paths
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_feature_map_output_leaves_the_probabilities_unchanged(
+        converted, single_output, test_images, variant: str) -> None:
+    two, one = TFLiteModel(converted[variant]), TFLiteModel(single_output[variant])
+    assert one.feature_output is None and one.io_spec()["output"] == two.io_spec()["output"]
+    probs_two, probs_one = two.predict(test_images), one.predict(test_images)
+    assert np.abs(probs_two - probs_one).max() <= verify.FEATURE_OUTPUT_MAX_DPROB
+    assert np.array_equal(probs_two.argmax(1), probs_one.argmax(1))
+    report = verify.feature_output_report({"val": probs_one, "test": probs_one},
+                                          {"val": probs_two, "test": probs_two})
+    assert verify.check_feature_output(variant, report) == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_outputs_the_keras_feature_map(converted, tiny_model, test_images,
+                                                     variant: str) -> None:
+    """The second output is the GAP layer's input, (1, 28, 28, 128) for the tiny model; uint8
+    in the int8 model, dequantized by the runtime."""
+    from convert.feature_output import with_feature_map
+
+    model = TFLiteModel(converted[variant])
+    spec = model.io_spec()["feature_map"]
+    assert spec["shape"] == [1, 28, 28, 128]
+    assert spec["dtype"] == ("uint8" if variant == "int8" else "float32")
+    _, expected = with_feature_map(tiny_model).predict(test_images[:4].astype(np.float32),
+                                                       verbose=0)
+    features = np.stack([model.run(image).feature_map for image in test_images[:4]])
+    step = spec["quantization"]["scale"] or 0.0
+    tolerance = {"float32": 1e-4, "float16": 2e-2, "dynamic": 5e-2, "int8": 3 * step}[variant]
+    assert np.abs(features - expected).max() <= tolerance * max(1.0, np.abs(expected).max())
+
+
+def test_check_feature_output_fails_on_any_change() -> None:
+    same = {"agreement": 1.0, "max_abs_dprob": 0.0, "mean_abs_dprob": 0.0}
+    assert verify.check_feature_output("int8", {"val": same, "test": same}) == []
+    moved = {"agreement": 1.0, "max_abs_dprob": 1 / 256, "mean_abs_dprob": 1e-4}
+    flipped = {"agreement": 0.99, "max_abs_dprob": 0.0, "mean_abs_dprob": 0.0}
+    for block in (moved, flipped):
+        failures = verify.check_feature_output("int8", {"val": same, "test": block})
+        assert len(failures) == 1 and "feature-map output changed test" in failures[0]
+
+
 # --- convert.verify ------------------------------------------------------------------------
 
 
@@ -364,6 +418,26 @@ def test_cli_records_the_verification(passed_run, variant: str) -> None:
     assert verification["size_ratio_vs_float32_weights"] == pytest.approx(ratio)
     assert set(verification["keras_test"]) == {"accuracy", "macro_f1",
                                                "malignant_recall_at_threshold"}
+    for split in ("val", "test"):  # the two-output file against a single-output conversion
+        extra = verification["feature_output_vs_single_output"][split]
+        assert extra["agreement"] == 1.0
+        assert extra["max_abs_dprob"] <= verify.FEATURE_OUTPUT_MAX_DPROB
+
+
+def test_cli_writes_the_head_beside_the_models(passed_run) -> None:
+    from edge_infer.cam import load_cam_head
+
+    _, folder, _ = passed_run
+    models = read_manifest(folder / MANIFEST_FILENAME)["models"]
+    head_file = folder / f"{ARCH}-head.npz"
+    for variant in ("float32", "int8"):
+        entry = models[f"{ARCH}/{variant}"]
+        assert entry["cam_head"] == file_facts(head_file)
+        assert entry["feature_map"]["shape"] == [1, 28, 28, 128]
+    head = load_cam_head(head_file, 128)
+    kernel, bias = build_tiny(seed=0).layers[-1].get_weights()
+    np.testing.assert_array_equal(head.kernel, kernel)
+    np.testing.assert_array_equal(head.bias, bias)
 
 
 def test_cli_leaves_a_variant_that_misses_its_target_out(tiny_model, busi_root, tmp_path,

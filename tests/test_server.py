@@ -429,3 +429,35 @@ def test_docs_render_the_typed_api_in_headless_chromium(live_url: str, tmp_path:
     assert f"{live_url}/openapi.json" in fetched
     assert all(url.startswith(f"{live_url}/") for url in fetched), fetched
     assert (tmp_path / "docs.png").stat().st_size > 0
+
+
+def test_heatmap_in_headless_chromium(live_url: str, images: list[Path], classifier: Classifier,
+                                      tmp_path: Path) -> None:
+    """Ticking the heat-map box shows the upload, at its own size, with the map of the
+    predicted class; unticking hides it."""
+    if not classifier.has_heatmap:
+        pytest.skip("the shipped int8 model has no feature-map output (run busi-convert)")
+    from PIL import Image
+
+    with _headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        wait = WebDriverWait(driver, BROWSER_WAIT_SECONDS)
+        path = images[2]
+        driver.get(live_url)
+        driver.find_element(By.ID, "heatmap").click()
+        driver.find_element(By.ID, "file").send_keys(str(path.resolve()))
+        figure = driver.find_element(By.ID, "heatmap-figure")
+        image = driver.find_element(By.ID, "heatmap-image")
+        natural = "return [arguments[0].naturalWidth, arguments[0].naturalHeight]"
+        wait.until(lambda _: figure.is_displayed()
+                   and driver.execute_script(natural, image)[0] > 0)
+        size = tuple(driver.execute_script(natural, image))
+        label = driver.find_element(By.ID, "heatmap-label").text
+        prediction = driver.find_element(By.ID, "prediction").text.lower()
+        driver.save_screenshot(str(tmp_path / "web_app_heatmap.png"))
+        driver.find_element(By.ID, "heatmap").click()
+        wait.until(lambda _: not figure.is_displayed())
+    assert size == Image.open(path).size
+    assert label == prediction == classifier.classify(path).prediction

@@ -106,8 +106,20 @@ function render(result) {
     `high-sensitivity, threshold ${result.threshold.toFixed(3)}`;
   $("meta").textContent = `${result.file} · ${mode} · model ${result.model.key} ` +
     `(sha256 ${result.model.sha256.slice(0, 12)}…)`;
+  renderHeatmap(result.heatmap);
   $("result").dataset.file = result.file;
   $("result").hidden = false;
+}
+
+function renderHeatmap(heatmap) {
+  // Present only when asked for: the upload with the predicted class's map overlaid.
+  $("heatmap-figure").hidden = !heatmap;
+  if (heatmap) {
+    $("heatmap-image").src = heatmap.png;
+    $("heatmap-label").textContent = heatmap.label;
+  } else {
+    $("heatmap-image").removeAttribute("src");
+  }
 }
 
 async function classify() {
@@ -123,6 +135,7 @@ async function classify() {
   if (selectedMode() === "high-sensitivity" && threshold.value !== "") {
     body.append("threshold", threshold.value);
   }
+  if ($("heatmap").checked) body.append("heatmap", "true");
   const ticket = ++latest;
   const button = form.querySelector("button");
   button.textContent = "Classifying…";
@@ -156,7 +169,7 @@ form.addEventListener("change", (event) => {
   if (event.target.name === "mode") {
     threshold.disabled = selectedMode() !== "high-sensitivity";
     classify();
-  } else if (event.target === threshold) {
+  } else if (event.target === threshold || event.target.id === "heatmap") {
     classify();
   }
 });
