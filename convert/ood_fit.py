@@ -1,0 +1,165 @@
+"""`busi-ood-fit`: fit each shipped TFLite model's out-of-distribution check (edge_infer/ood.py)
+into models/<arch>-<variant>-ood.npz and the "ood" field of its manifest entry.
+
+The feature density is fitted on the pooled features of the BUSI training split, each variant
+from its own outputs (int8 features differ slightly from float ones); the feature threshold is
+then chosen on the validation split so that at most --false-alarm of its images are flagged (the
+colour check included). Run it after `busi-convert` (which writes entries without "ood") and
+`busi-calibrate`; re-running refits from the model files. Needs only the light runtime.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from edge_infer.datasets import SPLIT_FILENAME, resolve_busi_dir, split_files
+from edge_infer.datasets import models_dir as shipped_models_dir
+from edge_infer.manifest import (
+    MANIFEST_FILENAME,
+    ModelError,
+    file_facts,
+    read_manifest,
+    resolve_model,
+    sha256_of,
+    update_manifest,
+)
+from edge_infer.ood import (
+    COLOUR_METHOD,
+    COLOUR_THRESHOLD,
+    DEFAULT_COMPONENTS,
+    FEATURE_METHOD,
+    TARGET_FALSE_ALARM,
+    colour_score,
+    fit_feature_density,
+)
+from edge_infer.preprocess import decode_image, to_model_input
+from edge_infer.spec import CLASS_NAMES
+from edge_infer.tflite_model import TFLiteModel
+
+
+@dataclass
+class SplitImages:
+    """One split's model inputs, labels and the colour scores of the decoded images."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    colour: np.ndarray
+
+
+def load_split(split: str, root: Path, split_file: Path) -> SplitImages:
+    """Decode every image of a split once: model input and colour score."""
+    rows = split_files(split, split_file)
+    images, colour = [], []
+    for row in tqdm(rows, desc=split, leave=False):
+        decoded = decode_image(root / row.file).image
+        images.append(to_model_input(decoded))
+        colour.append(colour_score(decoded))
+    return SplitImages(np.stack(images),
+                       np.array([CLASS_NAMES.index(row.label) for row in rows], np.int64),
+                       np.array(colour))
+
+
+def pooled_features(model: TFLiteModel, images: np.ndarray, desc: str) -> np.ndarray:
+    """The model's pooled features (N, C) of preprocessed images."""
+    return np.stack([model.run(image).pooled_features
+                     for image in tqdm(images, desc=desc, leave=False)])
+
+
+def feature_threshold(val_scores: np.ndarray, colour_flagged: np.ndarray,
+                      false_alarm: float) -> float:
+    """The lowest T such that images with score > T, together with those the colour check
+    flags, are at most floor(false_alarm * n) of the n validation images."""
+    allowed = math.floor(false_alarm * len(val_scores)) - int(colour_flagged.sum())
+    if allowed < 0:
+        raise click.ClickException(
+            f"the colour check alone flags {int(colour_flagged.sum())} validation images, more "
+            f"than the {false_alarm:.0%} false-alarm budget")
+    remaining = np.sort(val_scores[~colour_flagged])[::-1]
+    return float(remaining[min(allowed, len(remaining) - 1)])
+
+
+@click.command(help=__doc__)
+@click.option("--arch", default=None,
+              help="Fit this architecture's models only (default: every architecture).")
+@click.option("--variants", default=None,
+              help="Comma-separated TFLite variants (default: every one with a feature-map "
+                   "output).")
+@click.option("--components", type=click.IntRange(1, 400), default=DEFAULT_COMPONENTS,
+              show_default=True, help="Principal directions of the feature covariance.")
+@click.option("--false-alarm", type=click.FloatRange(0.0, 0.5), default=TARGET_FALSE_ALARM,
+              show_default=True,
+              help="Largest fraction of BUSI validation images the check may flag.")
+@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
+@click.option("--threads", default=2, show_default=True, help="Interpreter threads.")
+@click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with manifest.json, the split and the models (default: models/).")
+def main(arch: str | None, variants: str | None, components: int, false_alarm: float,
+         busi_dir: str | None, threads: int, models_dir: Path | None) -> None:
+    folder = models_dir or shipped_models_dir()
+    manifest_file = folder / MANIFEST_FILENAME
+    split_file = folder / SPLIT_FILENAME
+    try:
+        manifest = read_manifest(manifest_file)
+        root = resolve_busi_dir(busi_dir)
+    except (ModelError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+    fittable = {key: info for key, info in manifest["models"].items()
+                if info["format"] == "tflite" and "feature_map" in info
+                and (arch is None or info["arch"] == arch)}
+    wanted = [v.strip() for v in variants.split(",")] if variants else None
+    keys = [key for key, info in fittable.items() if wanted is None or info["variant"] in wanted]
+    missing = sorted(set(wanted or []) - {fittable[key]["variant"] for key in keys})
+    if missing or not keys:
+        raise click.UsageError(
+            f"no TFLite model with a feature-map output for {arch or 'any architecture'} "
+            f"{'named ' + ', '.join(missing) + ' ' if missing else ''}in {manifest_file} "
+            f"(there are: {', '.join(fittable) or 'none'}; busi-convert makes them)")
+    data = {split: load_split(split, root, split_file) for split in ("train", "val")}
+    colour_flagged = data["val"].colour > COLOUR_THRESHOLD
+    entries, split_sha256 = {}, sha256_of(split_file)
+    for key in keys:
+        try:
+            entry = resolve_model(key, manifest_file)  # sha256-checked
+        except ModelError as err:
+            raise click.ClickException(str(err)) from None
+        model = TFLiteModel(entry.path, threads)
+        features = {split: pooled_features(model, data[split].images, f"{key} {split}")
+                    for split in data}
+        density = fit_feature_density(features["train"], data["train"].labels, components)
+        val_scores = density.score(features["val"])
+        threshold = feature_threshold(val_scores, colour_flagged, false_alarm)
+        flagged = (val_scores > threshold) | colour_flagged
+        path = folder / f"{entry.info['arch']}-{entry.info['variant']}-ood.npz"
+        density.save(path)
+        entries[key] = {**entry.info, "ood": {
+            **file_facts(path), "method": FEATURE_METHOD, "components": components,
+            "threshold": threshold, "colour_method": COLOUR_METHOD,
+            "colour_threshold": COLOUR_THRESHOLD, "target_false_alarm": false_alarm,
+            "val_false_alarm": float(flagged.mean()), "val_flagged": int(flagged.sum()),
+            "val_images": len(val_scores), "train_images": len(data["train"].labels),
+            "fitted_on": "pooled features of this model file on the BUSI train split",
+            "threshold_chosen_on": "BUSI val split", "split_sha256": split_sha256,
+            "model_sha256": entry.info["sha256"], "made_by": "busi-ood-fit",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }}
+        click.echo(f"{key:28s} threshold {threshold:.3f}  val flagged {int(flagged.sum())}/"
+                   f"{len(val_scores)}  train score median "
+                   f"{np.median(density.score(features['train'])):.2f}  -> {path.name} "
+                   f"({path.stat().st_size / 1e6:.2f} MB)")
+    if not entries:
+        click.echo("nothing fitted", err=True)
+        sys.exit(1)
+    update_manifest(entries, path=manifest_file)
+    click.echo(f"manifest updated: {', '.join(entries)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Does an image look like the breast ultrasound the model was trained on? numpy only.
+
+A 3-class softmax always answers normal, benign or malignant, also for a photo or a screenshot.
+Two cheap checks, on what the runtime already has:
+
+- feature distance (the check that decides): the model's pooled features (the feature map
+  averaged over space, what its classifier head sees), scaled to unit length, and their
+  Mahalanobis distance to the nearest BUSI training class mean under one shared covariance,
+  modelled as probabilistic PCA: `k` principal directions with their own variances, every
+  other direction with the mean of the rest. So only the class means, k directions and k + 1
+  variances are stored (about 0.35 MB for 1280 channels and k = 64), never a 1280 x 1280 matrix.
+  Divided by the number of channels, the score is about 1 for a training image.
+- colour: B-mode ultrasound is grey, or grey under one display tint (blue, sepia): every pixel of
+  the same brightness has the same colour. The score is the fraction of pixels whose colour is
+  off the image's own tint; a photograph has many, a tinted scan almost none. It reads the decoded
+  RGB image (`edge_infer.preprocess.decode_image`), since the model input is luma only.
+
+The parameters are fitted on the BUSI training split and the feature threshold is chosen on the
+validation split for a stated false-alarm rate (`busi-ood-fit`, convert/ood_fit.py); both live
+beside the model, in a sidecar .npz and its manifest entry ("ood"), checked by sha256 on load.
+`energy_score` and `max_softmax_score` are the logit-based scores the benchmark compares against.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edge_infer.manifest import ModelError, checked_sidecar
+
+FEATURE_METHOD = "ppca-mahalanobis-l2"
+COLOUR_METHOD = "off-tint-fraction"
+DEFAULT_COMPONENTS = 64
+TARGET_FALSE_ALARM = 0.02  # of in-distribution (BUSI validation) images
+COLOUR_THRESHOLD = 0.05  # off-tint pixel fraction; BUSI's highest is about 0.01
+COLOUR_SAMPLES = 96  # the colour check reads about this many pixels along each side
+COLOUR_LUMA_BINS = 16
+COLOUR_TOLERANCE = 24  # levels of (R - G, B - G) away from the tint of the pixel's brightness
+POLICIES: tuple[str, ...] = ("refuse", "warn")
+MIN_NORM = 1e-6  # a feature vector shorter than this (an all-black image) counts as zero
+
+
+class OodError(ModelError):
+    """An OOD parameter file that is missing, damaged or does not fit the model."""
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureDensity:
+    """Class means and a shared probabilistic-PCA covariance of unit-length pooled features."""
+
+    means: np.ndarray  # (classes, C)
+    components: np.ndarray  # (k, C), orthonormal rows
+    variances: np.ndarray  # (k,)
+    residual_variance: float  # of every direction outside the k components
+
+    @property
+    def channels(self) -> int:
+        return int(self.means.shape[1])
+
+    def score(self, pooled: np.ndarray) -> np.ndarray:
+        """Distance of pooled features (C,) or (N, C) to the nearest class mean, divided by
+        C: about 1 for training images, larger the less an image looks like them."""
+        features = unit_length(np.asarray(pooled, dtype=np.float64))
+        single = features.ndim == 1
+        features = np.atleast_2d(features)
+        if features.shape[1] != self.channels:
+            raise ValueError(f"expected {self.channels} features, got {features.shape[1]}")
+        best = np.full(len(features), np.inf)
+        for mean in self.means.astype(np.float64):
+            offset = features - mean
+            projected = offset @ self.components.T.astype(np.float64)
+            inside = (projected ** 2 / self.variances).sum(axis=1)
+            outside = (offset ** 2).sum(axis=1) - (projected ** 2).sum(axis=1)
+            distance = inside + np.maximum(outside, 0.0) / self.residual_variance
+            best = np.minimum(best, distance)
+        scores = best / self.channels
+        return scores[0] if single else scores
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the parameters as an .npz of float32 arrays (numpy alone reads it back)."""
+        with open(path, "wb") as handle:
+            np.savez(handle, means=self.means.astype(np.float32),
+                     components=self.components.astype(np.float32),
+                     variances=self.variances.astype(np.float32),
+                     residual_variance=np.float32(self.residual_variance))
+
+
+def unit_length(features: np.ndarray) -> np.ndarray:
+    """Features scaled to length 1 along the last axis (near-zero vectors stay zero)."""
+    norms = np.linalg.norm(features, axis=-1, keepdims=True)
+    return np.where(norms > MIN_NORM, features / np.maximum(norms, MIN_NORM), 0.0)
+
+
+def fit_feature_density(features: np.ndarray, labels: np.ndarray,
+                        components: int = DEFAULT_COMPONENTS) -> FeatureDensity:
+    """Fit class means and the shared covariance (k principal directions + one variance for
+    the rest) on pooled features (N, C) of labelled in-distribution images."""
+    features = unit_length(np.asarray(features, dtype=np.float64))
+    labels = np.asarray(labels)
+    if features.ndim != 2 or labels.shape != (len(features),):
+        raise ValueError(f"expected features (N, C) and labels (N,), got {features.shape} "
+                         f"and {labels.shape}")
+    classes = np.unique(labels)
+    channels = features.shape[1]
+    most = min(len(features) - len(classes), channels) - 1
+    if not 0 < components <= most:
+        raise ValueError(f"components must lie in 1..{most}, got {components}")
+    means = np.stack([features[labels == c].mean(axis=0) for c in classes])
+    residuals = features - means[np.searchsorted(classes, labels)]
+    _, singular, directions = np.linalg.svd(residuals, full_matrices=False)
+    eigenvalues = singular ** 2 / (len(features) - len(classes))
+    rest = float(eigenvalues[components:].sum()) / (channels - components)
+    return FeatureDensity(means, directions[:components], eigenvalues[:components], rest)
+
+
+def load_feature_density(path: str | os.PathLike, channels: int) -> FeatureDensity:
+    """Read an .npz written by `FeatureDensity.save`; check its shapes against the model."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            density = FeatureDensity(archive["means"], archive["components"],
+                                     archive["variances"], float(archive["residual_variance"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise OodError(f"{path}: not an OOD parameter file ({err})") from None
+    k = len(density.variances)
+    if (density.means.ndim != 2 or density.channels != channels
+            or density.components.shape != (k, channels)
+            or not (density.variances > 0).all() or not density.residual_variance > 0):
+        raise OodError(f"{path}: OOD parameters do not fit a model with {channels} channels")
+    return density
+
+
+def colour_score(image: Image.Image) -> float:
+    """Fraction of pixels (sampled on a grid of about COLOUR_SAMPLES per side) whose colour
+    differs from the median colour of pixels of the same brightness: 0 for grey or uniformly
+    tinted scans, large for photographs, colour drawings and screenshots."""
+    pixels = np.asarray(image.convert("RGB"))
+    step = max(1, max(pixels.shape[:2]) // COLOUR_SAMPLES)
+    sample = pixels[::step, ::step].reshape(-1, 3).astype(np.int32)
+    luma = (sample @ np.array([299, 587, 114])) // 1000
+    chroma = np.stack([sample[:, 0] - sample[:, 1], sample[:, 2] - sample[:, 1]], axis=1)
+    bins = np.minimum(luma * COLOUR_LUMA_BINS // 256, COLOUR_LUMA_BINS - 1)
+    off = 0
+    for level in np.unique(bins):
+        members = chroma[bins == level]
+        tint = np.median(members, axis=0)
+        off += int((np.abs(members - tint).max(axis=1) > COLOUR_TOLERANCE).sum())
+    return off / len(sample)
+
+
+def energy_score(logits: np.ndarray) -> np.ndarray:
+    """-logsumexp(logits) per image: higher = less familiar (Liu et al., 2020)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    return -(top[..., 0] + np.log(np.exp(logits - top).sum(axis=-1)))
+
+
+def max_softmax_score(probs: np.ndarray) -> np.ndarray:
+    """1 - the largest class probability: higher = less confident (Hendrycks & Gimpel, 2017)."""
+    return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=-1)
+
+
+def choose_threshold(scores: np.ndarray, false_alarm: float = TARGET_FALSE_ALARM) -> float:
+    """The lowest threshold T that flags (score > T) at most `false_alarm` of these
+    in-distribution scores: the (floor(false_alarm * n) + 1)-th highest score."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    if scores.size == 0 or not np.isfinite(scores).all():
+        raise ValueError("need finite scores of at least one in-distribution image")
+    return float(scores[min(int(math.floor(false_alarm * scores.size)), scores.size - 1)])
+
+
+@dataclass(frozen=True)
+class OodCheck:
+    """The verdict on one image: in_distribution is False when either score exceeds its
+    threshold; reasons says which, in words."""
+
+    in_distribution: bool
+    ood_score: float
+    ood_threshold: float
+    colour_score: float
+    colour_threshold: float
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, eq=False)
+class OodDetector:
+    """A model's fitted feature density and thresholds (from its manifest entry)."""
+
+    density: FeatureDensity
+    threshold: float
+    colour_threshold: float
+
+    def check(self, pooled: np.ndarray, image: Image.Image | None = None) -> OodCheck:
+        """Score one image's pooled features (and its decoded RGB image, when given)."""
+        score = float(self.density.score(pooled))
+        colour = colour_score(image) if image is not None else 0.0
+        reasons = []
+        if score > self.threshold:
+            reasons.append(f"its features are far from the training scans' (distance "
+                           f"{score:.2f} > {self.threshold:.2f})")
+        if colour > self.colour_threshold:
+            reasons.append(f"{colour:.0%} of its pixels are coloured, ultrasound is grey")
+        return OodCheck(not reasons, score, self.threshold, colour, self.colour_threshold,
+                        reasons)
+
+
+def load_detector(info: dict, folder: str | os.PathLike, owner: str) -> OodDetector | None:
+    """The detector a manifest entry lists under "ood" (its .npz sha256-checked), or None
+    when the entry has none (a model not yet fitted by busi-ood-fit)."""
+    facts = info.get("ood")
+    if facts is None:
+        return None
+    if facts.get("model_sha256") != info["sha256"]:
+        raise OodError(f"{owner}: its OOD parameters were fitted for another model file: run "
+                       "busi-ood-fit again")
+    path = checked_sidecar(Path(folder), facts, owner)
+    channels = int(info["feature_map"]["shape"][-1]) if "feature_map" in info else -1
+    return OodDetector(load_feature_density(path, channels), float(facts["threshold"]),
+                       float(facts["colour_threshold"]))
+
+
+def ood_fields(check: OodCheck | None, policy: str) -> dict:
+    """The result fields every output carries: in_distribution (None = not checked: the
+    model has no OOD parameters), the scores and thresholds, the reasons and whether the
+    label was withheld."""
+    if policy not in POLICIES:
+        raise ValueError(f"OOD policy must be one of {POLICIES}, got {policy!r}")
+    if check is None:
+        return {"in_distribution": None, "ood_score": None, "ood_threshold": None,
+                "colour_score": None, "ood_reasons": [], "refused": False}
+    return {"in_distribution": check.in_distribution, "ood_score": check.ood_score,
+            "ood_threshold": check.ood_threshold, "colour_score": check.colour_score,
+            "ood_reasons": list(check.reasons),
+            "refused": not check.in_distribution and policy == "refuse"}
+
+
+def with_ood(result: dict, check: OodCheck | None, policy: str) -> dict:
+    """A classification result with the OOD fields added; when refused, `prediction` is None
+    (the label is withheld; the probabilities stay for inspection, not to be trusted)."""
+    merged = {**result, **ood_fields(check, policy)}
+    if merged["refused"]:
+        merged["prediction"] = None
+        merged["forced_malignant"] = False
+    return merged
+
+
+NOT_ULTRASOUND = ("does not look like a breast ultrasound: its class probabilities should not "
+                  "be trusted")
+
+
+def ood_message(name: str, result: dict) -> str:
+    """One line for a person about a flagged image: what was found and what was done."""
+    action = "no label given" if result["refused"] else "label shown anyway (--ood warn)"
+    return f"{name} {NOT_ULTRASOUND} ({'; '.join(result['ood_reasons'])}); {action}"
