@@ -21,7 +21,7 @@ benchmark (`python -m benchmarks`) puts the same section in its report.
 from __future__ import annotations
 
 import glob
-import sys
+import json
 from pathlib import Path
 
 import click
@@ -46,6 +46,7 @@ LESION_CLASSES: tuple[str, ...] = ("benign", "malignant")
 GAUSSIAN_SIGMA_FRACTION = 0.25
 EXAMPLES_PER_CLASS = 2  # the first hit and the first miss of int8, per lesion class
 MASK_LEVEL = 128
+EXAMPLES_NAME = "cam_examples.png"
 
 
 def mask_files(image: Path) -> list[Path]:
@@ -186,8 +187,18 @@ def summarise(rows: list[dict], resamples: int) -> dict:
                                   else float("nan") for c in LESION_CLASSES},
         }
     correlation = np.array([row["correlation"] for row in rows], dtype=np.float64)
+
+    def paired(key: str, baseline: str, figure: str) -> dict:
+        """int8's per-image advantage over a baseline, bootstrapped in pairs."""
+        return _mean_interval(np.array([float(row[key][figure]) - float(row[baseline][figure])
+                                        for row in rows]), resamples)
+
     return {
         "maps": summary,
+        "int8_minus_baseline": {
+            "pointing_vs_centre": paired("int8 predicted", "centre", "hit"),
+            "energy_vs_gaussian": paired("int8 predicted", "gaussian", "energy"),
+        },
         "int8_vs_keras": {
             "pearson_mean": float(np.nanmean(correlation)),
             "pearson_median": float(np.nanmedian(correlation)),
@@ -291,12 +302,13 @@ def plot_cam_examples(results: dict, path: Path) -> None:
 @click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               default=Path(__file__).resolve().parent / "reports", show_default=True,
-              help="Folder for cam_examples.png.")
+              help="Folder for cam.md, cam.json and cam_examples.png.")
 @click.option("--resamples", type=click.IntRange(10), default=1000, show_default=True)
 def main(busi_dir: str | None, out: Path, resamples: int) -> None:
     import keras
 
     from benchmarks.cam_markdown import cam_section
+    from benchmarks.report import json_ready
     from edge_infer.datasets import resolve_busi_dir, split_files
     from edge_infer.manifest import resolve_model
 
@@ -308,12 +320,14 @@ def main(busi_dir: str | None, out: Path, resamples: int) -> None:
     section = cam_results([root / r.file for r in rows], [r.label for r in rows], root,
                           classifier, keras_model, resamples)
     out.mkdir(parents=True, exist_ok=True)
-    plot_cam_examples({"cam": section, "data": {"busi_dir": str(root)}},
-                      out / "cam_examples.png")
-    click.echo("\n".join(cam_section({"cam": section, "plots": {"cam_examples":
-                                                                 "cam_examples.png"}})))
-    click.echo(f"wrote {out / 'cam_examples.png'}", err=True)
+    plot_cam_examples({"cam": section, "data": {"busi_dir": str(root)}}, out / EXAMPLES_NAME)
+    text = "\n".join(cam_section({"cam": section, "plots": {"cam_examples": EXAMPLES_NAME}}))
+    (out / "cam.md").write_text(f"{text}\n\nCommand: `python -m benchmarks.cam_eval`.\n")
+    (out / "cam.json").write_text(json.dumps(json_ready(section), indent=1, allow_nan=False)
+                                  + "\n")
+    click.echo(text)
+    click.echo(f"wrote {out / 'cam.md'}, {out / 'cam.json'} and {out / EXAMPLES_NAME}", err=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

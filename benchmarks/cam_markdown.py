@@ -44,6 +44,11 @@ def cam_section(results: dict) -> list[str]:
               "energy inside mask"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    advantage = section["int8_minus_baseline"]
+    lines += ["int8's shown map minus the baselines, image by image (paired bootstrap): "
+              f"pointing game {_figure(advantage['pointing_vs_centre'])} against the image "
+              f"centre; energy inside the mask {_figure(advantage['energy_vs_gaussian'])} "
+              "against the centred Gaussian.", ""]
     agreement = section["int8_vs_keras"]
     lines += [f"int8 against Keras ({agreement['class']}): Pearson correlation mean "
               f"{agreement['pearson_mean']:.3f}, median {agreement['pearson_median']:.3f}, "

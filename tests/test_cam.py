@@ -321,11 +321,15 @@ def test_summary_and_baselines_by_hand() -> None:
     gaussian = cam_eval.centred_gaussian((9, 6))
     assert np.unravel_index(gaussian.argmax(), gaussian.shape) == cam_eval.centre_pixel((9, 6))
     rows = [{"label": "benign", **{key: {"hit": hit, "energy": 0.5} for key in cam_eval.MAP_ROWS},
+             "centre": {"hit": False, "energy": float("nan")},
              "correlation": 1.0, "same_peak": True} for hit in (True, False, True, True)]
     summary = cam_eval.summarise(rows, resamples=50)
     assert summary["maps"]["int8 predicted"]["pointing"]["mean"] == 0.75
     assert summary["maps"]["int8 predicted"]["pointing_by_class"]["benign"] == 0.75
+    assert summary["maps"]["centre"]["pointing"]["mean"] == 0.0
     assert summary["maps"]["gaussian"]["energy"]["mean"] == 0.5
+    assert summary["int8_minus_baseline"]["pointing_vs_centre"]["mean"] == 0.75
+    assert summary["int8_minus_baseline"]["energy_vs_gaussian"]["mean"] == 0.0
     assert summary["int8_vs_keras"]["same_peak_cell"] == 1.0
 
 
