@@ -348,6 +348,44 @@ def external_dir() -> Path | None:
         return None
 
 
+def test_quick_run_reports_calibration_and_the_site_simulation(
+        quick_run: tuple[dict, Path], busi_root: Path) -> None:
+    from edge_infer.classifier import Classifier
+
+    results, out = quick_run
+    models = read_manifest(models_dir() / MANIFEST_FILENAME)["models"]
+    for name, info in results["calibration"].items():
+        assert {"temperature", "threshold", "source", "ece", "brier", "nll", "reliability",
+                "test", "temperature_best_on_test"} <= set(info), name
+        assert info["threshold"] == results["variants"][name]["threshold"]
+        for metric in ("ece", "brier", "nll"):
+            assert set(info[metric]) == {"before", "after"}
+        if name == "keras" or name.startswith("tflite-"):
+            variant = "keras" if name == "keras" else name.removeprefix("tflite-")
+            assert info["temperature"] == models[f"{results['arch']}/{variant}"].get(
+                "temperature"), name
+    # the benchmark's int8 probabilities are the runtime's calibrated ones
+    if "tflite-int8" in results["variants"]:
+        classifier = Classifier(f"{results['arch']}/int8")
+        expected = [classifier.classify(busi_root / file).probs
+                    for file in results["data"]["test_files"]]
+        reported = results["variants"]["tflite-int8"]["test_probs"]
+        for mine, theirs in zip(reported, expected):
+            assert mine == pytest.approx([theirs[c] for c in CLASS_NAMES], abs=1e-6)
+    site = results["site_simulation"]
+    if external_dir() is None or "tflite-int8" not in results["variants"]:
+        assert set(site) == {"skipped"}
+        return
+    assert [(run["fit_half"], run["test_half"]) for run in site["runs"]] == [("A", "B"),
+                                                                            ("B", "A")]
+    assert sum(half["n"] for half in site["halves"].values()) == results["external"]["n"]
+    assert site["shipped"]["threshold"] == results["variants"]["tflite-int8"]["threshold"]
+    for run in site["runs"]:
+        assert run["site"]["high_sensitivity"]["threshold"] == run["profile"]["threshold"]
+        assert run["shipped"]["high_sensitivity"]["threshold"] == site["shipped"]["threshold"]
+    assert "Target: malignant sensitivity ≥ 0.90" in (out / MARKDOWN_NAME).read_text()
+
+
 def test_quick_run_has_the_external_hospital_section(quick_run: tuple[dict, Path]) -> None:
     results, out = quick_run
     external = results["external"]
