@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,7 @@ PROFILE_KEYS = {"kind", "schema_version", "model", "temperature", "threshold",
                 "target_sensitivity", "counts", "fit", "figures", "bootstrap", "warnings",
                 "created", "source"}
 FEW_RESAMPLES = 50
+SUBPROCESS_TIMEOUT = 300
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -476,6 +479,19 @@ def test_calibrate_refuses_a_folder_without_malignant_images(tmp_path: Path,
     assert_exit(result, 2)
     assert "no malignant images" in result.stderr
     assert not out.exists()
+
+
+def test_calibrate_needs_only_the_light_runtime(site_folder: Path, tmp_path: Path) -> None:
+    code = ("import sys; from click.testing import CliRunner; from edge_infer.cli import main; "
+            "r = CliRunner().invoke(main, ['calibrate', sys.argv[1], '--out', sys.argv[2], "
+            "'--resamples', '20', '--quiet']); assert r.exit_code == 0, r.output; "
+            "print([m for m in ('sklearn', 'scipy', 'matplotlib', 'tensorflow', 'keras') "
+            "if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code, str(site_folder),
+                           str(tmp_path / "light.json")], capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "[]"
 
 
 def test_classify_with_a_site_profile_uses_and_names_it(site_profile, site_folder: Path,
