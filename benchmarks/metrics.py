@@ -226,3 +226,13 @@ def lesion_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float | Non
             "malignant_recall_argmax": sens, "malignant_specificity_argmax": spec,
             "malignant_recall_at_threshold": sens_t, "malignant_specificity_at_threshold": spec_t,
             "called_normal": float((probs.argmax(axis=1) == NORMAL_INDEX).mean())}
+
+
+def detection_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """AUROC of telling out-of-distribution images (higher score) from in-distribution ones:
+    the chance that a random OOD image scores above a random in-distribution one."""
+    in_scores, out_scores = np.asarray(in_scores, float), np.asarray(out_scores, float)
+    if not (len(in_scores) and len(out_scores)):
+        return float("nan")
+    truth = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
+    return float(roc_auc_score(truth, np.r_[in_scores, out_scores]))

@@ -15,7 +15,7 @@ scikit-image is an evaluation-only dependency (the [bench] and [dev] extras).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,18 +209,17 @@ def corrupt(image: Image.Image, kind: str, rng: np.random.Generator) -> Image.Im
     raise ValueError(f"unknown corruption {kind!r}; choose from {CORRUPTIONS}")
 
 
-def corrupted_images(files: list[Path], seed: int = SEED) -> list[NamedImage]:
-    """Each BUSI file under every corruption (decoded by the shared decoder first)."""
+def corrupted_images(files: list[Path], seed: int = SEED) -> Iterator[NamedImage]:
+    """Each BUSI file under every corruption (decoded by the shared decoder first), made one
+    at a time."""
     from edge_infer.preprocess import decode_image
 
     rng = np.random.default_rng(seed)
-    made = []
     for path in files:
         image = decode_image(path).image
         for kind in CORRUPTIONS:
-            made.append(NamedImage(f"busi/{Path(path).stem}/{kind}", CORRUPTED_GROUP,
-                                   corrupt(image, kind, rng)))
-    return made
+            yield NamedImage(f"busi/{Path(path).stem}/{kind}", CORRUPTED_GROUP,
+                             corrupt(image, kind, rng))
 
 
 def ood_images() -> list[NamedImage]:

@@ -10,7 +10,6 @@ colour check included). Run it after `busi-convert` (which writes entries withou
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +36,7 @@ from edge_infer.ood import (
     DEFAULT_COMPONENTS,
     FEATURE_METHOD,
     TARGET_FALSE_ALARM,
+    choose_threshold,
     colour_score,
     fit_feature_density,
 )
@@ -71,19 +71,6 @@ def pooled_features(model: TFLiteModel, images: np.ndarray, desc: str) -> np.nda
     """The model's pooled features (N, C) of preprocessed images."""
     return np.stack([model.run(image).pooled_features
                      for image in tqdm(images, desc=desc, leave=False)])
-
-
-def feature_threshold(val_scores: np.ndarray, colour_flagged: np.ndarray,
-                      false_alarm: float) -> float:
-    """The lowest T such that images with score > T, together with those the colour check
-    flags, are at most floor(false_alarm * n) of the n validation images."""
-    allowed = math.floor(false_alarm * len(val_scores)) - int(colour_flagged.sum())
-    if allowed < 0:
-        raise click.ClickException(
-            f"the colour check alone flags {int(colour_flagged.sum())} validation images, more "
-            f"than the {false_alarm:.0%} false-alarm budget")
-    remaining = np.sort(val_scores[~colour_flagged])[::-1]
-    return float(remaining[min(allowed, len(remaining) - 1)])
 
 
 @click.command(help=__doc__)
@@ -135,7 +122,11 @@ def main(arch: str | None, variants: str | None, components: int, false_alarm: f
                     for split in data}
         density = fit_feature_density(features["train"], data["train"].labels, components)
         val_scores = density.score(features["val"])
-        threshold = feature_threshold(val_scores, colour_flagged, false_alarm)
+        try:
+            threshold = choose_threshold(val_scores[~colour_flagged], false_alarm,
+                                         int(colour_flagged.sum()))
+        except ValueError as err:
+            raise click.ClickException(f"{key}: the colour check: {err}") from None
         flagged = (val_scores > threshold) | colour_flagged
         path = folder / f"{entry.info['arch']}-{entry.info['variant']}-ood.npz"
         density.save(path)

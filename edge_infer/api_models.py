@@ -46,7 +46,9 @@ class Prediction(BaseModel):
     """One classified upload (the schema of `edge-infer --json`)."""
 
     file: str = Field(description="The uploaded file's name.")
-    prediction: ClassName = Field(description="The label to report (malignant when forced).")
+    prediction: Optional[ClassName] = Field(
+        description="The label to report (malignant when forced); null when refused: the image "
+                    "does not look like a breast ultrasound.")
     argmax_prediction: ClassName = Field(description="The most probable class.")
     forced_malignant: bool = Field(
         description="High-sensitivity mode called the image malignant because prob_malignant "
@@ -69,6 +71,19 @@ class Prediction(BaseModel):
     profile: str = Field(
         description="Where T and the threshold come from: 'shipped' (fitted on BUSI "
                     "validation images) or a site profile's file name and sha256.")
+    in_distribution: Optional[bool] = Field(
+        description="false: the image does not look like a breast ultrasound (its probabilities "
+                    "should not be trusted); null: the model has no fitted check.")
+    ood_score: Optional[float] = Field(
+        description="Feature distance to the BUSI training scans (about 1 for them).")
+    ood_threshold: Optional[float] = Field(
+        description="Above it the image is out of distribution (chosen on BUSI validation "
+                    "images for <= 2 % false alarms).")
+    colour_score: Optional[float] = Field(
+        description="Fraction of pixels coloured off the image's own tint (ultrasound: ~0).")
+    ood_reasons: list[str] = Field(description="Why the image was flagged, in words.")
+    refused: bool = Field(
+        description="The label was withheld (ood=refuse and in_distribution false).")
 
 
 class ManifestEntry(BaseModel):

@@ -19,7 +19,8 @@ from edge_infer.manifest import (
     manifest_path,
     resolve_model,
 )
-from edge_infer.preprocess import ImageSource, preprocess_image
+from edge_infer.ood import OodCheck, OodDetector, OodPolicy, load_detector, with_ood
+from edge_infer.preprocess import ImageSource, decode_image, preprocess_image, to_model_input
 from edge_infer.site_profile import load_profile
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.tflite_model import ModelOutput, TFLiteModel
@@ -53,6 +54,9 @@ class Classifier:
                                  f"the manifest's {self.entry.info.get(side)}")
         self.cam_head: CamHead | None = self._cam_head(
             Path(manifest_file).parent if manifest_file else manifest_path().parent)
+        self.ood: OodDetector | None = load_detector(
+            self.entry.info, Path(manifest_file).parent if manifest_file
+            else manifest_path().parent, self.entry.key)
 
     def _cam_head(self, folder: Path) -> CamHead | None:
         """The head weights for heat-maps (sha256-checked), if the entry lists them."""
@@ -115,6 +119,14 @@ class Classifier:
                            "convert it again with busi-convert")
         return heatmap_overlay(image, output.feature_map, self.cam_head, CLASS_NAMES.index(label))
 
+    def check_ood(self, output: ModelOutput, image: Image.Image | None = None) -> OodCheck | None:
+        """Whether an image looks like the breast ultrasound the model was trained on, from its
+        pooled features and (when given) its decoded RGB image (edge_infer/ood.py); None when
+        the model has no fitted OOD check (busi-ood-fit)."""
+        if self.ood is None or output.feature_map is None:
+            return None
+        return self.ood.check(output.pooled_features, image)
+
     def classify_array(self, image: np.ndarray, mode: Mode = "argmax",
                        threshold: float | None = None) -> Decision:
         """Decision for one preprocessed image (run_array, then decide_output)."""
@@ -124,3 +136,13 @@ class Classifier:
                  threshold: float | None = None) -> Decision:
         """Decode, preprocess and classify one image (path, bytes, file object or PIL image)."""
         return self.classify_array(preprocess_image(source), mode, threshold)
+
+    def result(self, source: ImageSource, mode: Mode = "argmax", threshold: float | None = None,
+               ood_policy: OodPolicy = "refuse") -> dict:
+        """One image's whole answer, as `edge-infer --json` gives it (less `file`): decision,
+        model, calibration and the out-of-distribution check (label withheld when refused)."""
+        decoded = decode_image(source).image
+        output = self.run_array(to_model_input(decoded))
+        return with_ood({**self.decide_output(output, mode, threshold).to_dict(),
+                         "model": self.model_info(), **self.calibration_info()},
+                        self.check_ood(output, decoded), ood_policy)

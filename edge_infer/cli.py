@@ -5,7 +5,9 @@ Exit codes: 0 every input classified (evaluated); 1 the model could not be loade
 (evaluate) scikit-learn / matplotlib is missing or --json / --plots cannot be written; 2 usage
 error; 3 some inputs could not be read (each named on stderr; the others are still classified);
 4 (evaluate) some labels are not class names (each named on stderr; the other images are still
-evaluated; takes precedence over 3).
+evaluated; takes precedence over 3); 5 (classify) some images were refused as not breast
+ultrasound (each named on stderr, no label given; the others are still classified; 3 takes
+precedence; `--ood warn` labels them anyway and exits 0).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from edge_infer.classifier import Classifier
 from edge_infer.decision import MODES, requested_mode
 from edge_infer.inputs import expand_inputs, labelled_csv, labelled_folder
 from edge_infer.manifest import ModelError, read_manifest
+from edge_infer.ood import POLICIES, ood_message, with_ood
 from edge_infer.preprocess import ImageError, decode_image, to_model_input
 from edge_infer.site_profile import fit_site_profile, profile_summary_lines, write_profile
 from edge_infer.spec import CLASS_NAMES
@@ -37,6 +40,7 @@ from edge_infer.tflite_model import InterpreterMissing
 EXIT_MODEL = 1
 EXIT_UNREADABLE = 3
 EXIT_UNKNOWN_LABEL = 4
+EXIT_REFUSED = 5
 PROGRESS_MIN_IMAGES = 10
 DEFAULT_THREADS = min(4, os.cpu_count() or 1)
 
@@ -123,6 +127,10 @@ heatmap_option = click.option(
     "--heatmap", "heatmap", metavar="OUT.png", type=click.Path(dir_okay=False, path_type=Path),
     help="Write the image (one only) with the model's class activation map overlaid: where "
          "the evidence for the predicted class lies (edge_infer/cam.py). Not a lesion outline.")
+ood_option = click.option(
+    "--ood", "ood_policy", type=click.Choice(POLICIES), default="refuse", show_default=True,
+    help="An image that does not look like a breast ultrasound (edge_infer/ood.py): refuse "
+         "gives it no label (exit 5), warn labels it anyway; both say so on stderr.")
 heatmap_class_option = click.option(
     "--heatmap-class", type=click.Choice(CLASS_NAMES), default=None,
     help="The class whose map --heatmap shows (default: the prediction).")
@@ -131,15 +139,18 @@ heatmap_class_option = click.option(
 def _table_row(name: str, result: dict) -> str:
     probs = " ".join(f"{result['probs'][c]:>9.3f}" for c in CLASS_NAMES)
     flags = ",".join(f for f in ("forced" if result["forced_malignant"] else "",
-                                 "uncertain" if result["uncertain"] else "") if f)
-    return f"{result['prediction']:<10} {probs}  {flags or '-':<16} {name}"
+                                 "uncertain" if result["uncertain"] else "",
+                                 "not-ultrasound" if result["in_distribution"] is False else "")
+                     if f)
+    return f"{result['prediction'] or 'refused':<10} {probs}  {flags or '-':<16} {name}"
 
 
 def _csv_row(name: str, result: dict) -> list:
     return [name, result["prediction"], result["argmax_prediction"],
             *(f"{result['probs'][c]:.6f}" for c in CLASS_NAMES),
             result["forced_malignant"], result["uncertain"], result["threshold"],
-            result["margin"], result["temperature"], result["profile"]]
+            result["margin"], result["temperature"], result["profile"],
+            result["in_distribution"], result["ood_score"]]
 
 
 @main.command()
@@ -154,10 +165,11 @@ def _csv_row(name: str, result: dict) -> list:
 @quiet_option
 @heatmap_option
 @heatmap_class_option
+@ood_option
 def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
              threshold: float | None, as_json: bool, as_csv: bool, site: Path | None,
              threads: int, quiet: bool, heatmap: Path | None,
-             heatmap_class: str | None) -> None:
+             heatmap_class: str | None, ood_policy: str) -> None:
     """Classify images and folders (searched recursively; BUSI *_mask files skipped)."""
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
@@ -173,17 +185,21 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
     say = _note_printer(quiet)
     if site or classifier.calibration.temperature is None:
         say(f"note: {calibration_note(classifier)}")
+    if classifier.ood is None:
+        say(f"note: {classifier.entry.key} has no fitted check for images that are not breast "
+            "ultrasound (busi-ood-fit): in_distribution is null")
     for note in found.notes:
         say(f"note: {note}")
     writer = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
     if writer:
         writer.writerow(["file", "prediction", "argmax_prediction",
                          *(f"prob_{c}" for c in CLASS_NAMES), "forced_malignant",
-                         "uncertain", "threshold", "margin", "temperature", "profile"])
+                         "uncertain", "threshold", "margin", "temperature", "profile",
+                         "in_distribution", "ood_score"])
     elif not as_json:
         click.echo(f"{'prediction':<10} {' '.join(f'{c:>9}' for c in CLASS_NAMES)}  "
                    f"{'flags':<16} file")
-    failures = list(found.errors)
+    failures, refused = list(found.errors), []
     progress = tqdm(found.files, unit="img", file=sys.stderr,
                     disable=quiet or len(found.files) < PROGRESS_MIN_IMAGES)
     for path in progress:
@@ -196,8 +212,13 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
             continue
         for note in decoded.notes:
             say(f"note: {path}: {note}")
-        result = {"file": str(path), **decision.to_dict(), "model": classifier.model_info(),
-                  **classifier.calibration_info()}
+        result = with_ood({"file": str(path), **decision.to_dict(),
+                           "model": classifier.model_info(), **classifier.calibration_info()},
+                          classifier.check_ood(output, decoded.image), ood_policy)
+        if result["in_distribution"] is False:
+            tqdm.write(f"{'refused' if result['refused'] else 'warning'}: "
+                       f"{ood_message(str(path), result)}", file=sys.stderr)
+            refused += [path] if result["refused"] else []
         if as_json:
             click.echo(json.dumps(result))
         elif writer:
@@ -210,8 +231,8 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
                            heatmap, heatmap_class or decision.prediction, say)
     for name, reason in failures:
         click.echo(f"error: {name}: {reason}", err=True)
-    if failures:
-        sys.exit(EXIT_UNREADABLE)
+    if failures or refused:
+        sys.exit(EXIT_UNREADABLE if failures else EXIT_REFUSED)
 
 
 def _write_heatmap(overlay: Image.Image, out: Path, label: str,

@@ -27,6 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -41,6 +42,7 @@ COLOUR_THRESHOLD = 0.05  # off-tint pixel fraction; BUSI's highest is about 0.01
 COLOUR_SAMPLES = 96  # the colour check reads about this many pixels along each side
 COLOUR_LUMA_BINS = 16
 COLOUR_TOLERANCE = 24  # levels of (R - G, B - G) away from the tint of the pixel's brightness
+OodPolicy = Literal["refuse", "warn"]
 POLICIES: tuple[str, ...] = ("refuse", "warn")
 MIN_NORM = 1e-6  # a feature vector shorter than this (an all-black image) counts as zero
 
@@ -164,13 +166,23 @@ def max_softmax_score(probs: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=-1)
 
 
-def choose_threshold(scores: np.ndarray, false_alarm: float = TARGET_FALSE_ALARM) -> float:
-    """The lowest threshold T that flags (score > T) at most `false_alarm` of these
-    in-distribution scores: the (floor(false_alarm * n) + 1)-th highest score."""
+def choose_threshold(scores: np.ndarray, false_alarm: float = TARGET_FALSE_ALARM,
+                     flagged_elsewhere: int = 0) -> float:
+    """A threshold T that flags (score > T) k = floor(false_alarm * n) - flagged_elsewhere of
+    these in-distribution scores, n counting the `flagged_elsewhere` images another check
+    already flags: midway between the k-th and (k+1)-th highest score, so that round-off
+    in a re-computed score cannot move an image across it."""
     scores = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
     if scores.size == 0 or not np.isfinite(scores).all():
         raise ValueError("need finite scores of at least one in-distribution image")
-    return float(scores[min(int(math.floor(false_alarm * scores.size)), scores.size - 1)])
+    allowed = math.floor(false_alarm * (scores.size + flagged_elsewhere)) - flagged_elsewhere
+    if allowed < 0:
+        raise ValueError(f"{flagged_elsewhere} images flagged elsewhere already exceed the "
+                         f"{false_alarm:.1%} false-alarm budget")
+    if allowed == 0:
+        return float(scores[0] + 1e-6 * max(1.0, abs(scores[0])))
+    allowed = min(allowed, scores.size - 1)
+    return float((scores[allowed - 1] + scores[allowed]) / 2)
 
 
 @dataclass(frozen=True)
@@ -181,7 +193,7 @@ class OodCheck:
     in_distribution: bool
     ood_score: float
     ood_threshold: float
-    colour_score: float
+    colour_score: float | None  # None: no decoded image was given
     colour_threshold: float
     reasons: list[str] = field(default_factory=list)
 
@@ -197,13 +209,13 @@ class OodDetector:
     def check(self, pooled: np.ndarray, image: Image.Image | None = None) -> OodCheck:
         """Score one image's pooled features (and its decoded RGB image, when given)."""
         score = float(self.density.score(pooled))
-        colour = colour_score(image) if image is not None else 0.0
+        colour = colour_score(image) if image is not None else None
         reasons = []
         if score > self.threshold:
-            reasons.append(f"its features are far from the training scans' (distance "
-                           f"{score:.2f} > {self.threshold:.2f})")
-        if colour > self.colour_threshold:
-            reasons.append(f"{colour:.0%} of its pixels are coloured, ultrasound is grey")
+            reasons.append(f"far from the training scans: feature distance {score:.2f} > "
+                           f"{self.threshold:.2f}")
+        if colour is not None and colour > self.colour_threshold:
+            reasons.append(f"{colour:.0%} of the pixels coloured; ultrasound is grey")
         return OodCheck(not reasons, score, self.threshold, colour, self.colour_threshold,
                         reasons)
 
@@ -254,5 +266,5 @@ NOT_ULTRASOUND = ("does not look like a breast ultrasound: its class probabiliti
 
 def ood_message(name: str, result: dict) -> str:
     """One line for a person about a flagged image: what was found and what was done."""
-    action = "no label given" if result["refused"] else "label shown anyway (--ood warn)"
+    action = "no label given" if result["refused"] else "labelled anyway (--ood warn)"
     return f"{name} {NOT_ULTRASOUND} ({'; '.join(result['ood_reasons'])}); {action}"

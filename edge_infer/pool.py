@@ -13,6 +13,7 @@ from PIL import Image
 from edge_infer.classifier import Classifier
 from edge_infer.decision import Decision, Mode
 from edge_infer.manifest import ModelEntry
+from edge_infer.ood import OodCheck
 from edge_infer.preprocess import ImageSource, decode_image, preprocess_image, to_model_input
 
 
@@ -49,12 +50,18 @@ class ClassifierPool:
         with self.borrow() as classifier:
             return classifier.classify_array(image, mode, threshold)
 
-    def classify_with_heatmap(self, source: ImageSource, mode: Mode = "argmax",
-                              threshold: float | None = None) -> tuple[Decision, Image.Image]:
-        """`classify`, plus the decoded image with the predicted class's heat-map overlaid."""
+    def classify_checked(self, source: ImageSource, mode: Mode = "argmax",
+                         threshold: float | None = None, heatmap: bool = False,
+                         ) -> tuple[Decision, OodCheck | None, Image.Image | None]:
+        """`classify`, plus the check that the image looks like a breast ultrasound
+        (edge_infer/ood.py) and, if asked, the decoded image with the predicted class's
+        heat-map overlaid."""
         decoded = decode_image(source)
         image = to_model_input(decoded.image)
         with self.borrow() as classifier:
             output = classifier.run_array(image)
             decision = classifier.decide_output(output, mode, threshold)
-            return decision, classifier.heatmap(decoded.image, output, decision.prediction)
+            check = classifier.check_ood(output, decoded.image)
+            overlay = (classifier.heatmap(decoded.image, output, decision.prediction)
+                       if heatmap else None)
+            return decision, check, overlay

@@ -19,6 +19,7 @@ from edge_infer.api_models import ErrorMessage, Health, ManifestEntry, Predictio
 from edge_infer.body_limit import TOO_LARGE, BodySizeLimit
 from edge_infer.cam import png_data_url
 from edge_infer.decision import Mode, requested_mode
+from edge_infer.ood import OodPolicy, with_ood
 from edge_infer.pool import ClassifierPool
 from edge_infer.preprocess import ImageError, NotAnImage
 
@@ -87,6 +88,10 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
         heatmap: Annotated[bool, Form(
             description="true: also answer the predicted class's heat-map as a PNG data "
                         "URL (field `heatmap`).")] = False,
+        ood: Annotated[OodPolicy, Form(
+            description="An image that does not look like a breast ultrasound: refuse "
+                        "(default) withholds the label (prediction null, refused true), warn "
+                        "labels it anyway; in_distribution is false either way.")] = "refuse",
     ) -> dict:
         """Classify one image. 422: an empty, corrupt or truncated image, or a bad field."""
         try:
@@ -99,20 +104,16 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
         data = await file.read()
         if len(data) > max_upload_bytes:
             raise HTTPException(TOO_LARGE, too_large)
-        overlay = None
         try:
-            if heatmap:
-                decision, overlay = await run_in_threadpool(pool.classify_with_heatmap, data,
-                                                            chosen_mode, threshold)
-            else:
-                decision = await run_in_threadpool(pool.classify, data, chosen_mode, threshold)
+            decision, check, overlay = await run_in_threadpool(
+                pool.classify_checked, data, chosen_mode, threshold, heatmap)
         except NotAnImage as err:
             raise HTTPException(UNSUPPORTED, str(err)) from None
         except ImageError as err:
             raise HTTPException(UNPROCESSABLE, str(err)) from None
-        result = {"file": file.filename or "", **decision.to_dict(), "model": pool.model_info,
-                  **pool.calibration_info}
-        if overlay is not None:
+        result = with_ood({"file": file.filename or "", **decision.to_dict(),
+                           "model": pool.model_info, **pool.calibration_info}, check, ood)
+        if overlay is not None and not result["refused"]:  # no evidence for a withheld label
             result["heatmap"] = {"label": decision.prediction, "width": overlay.width,
                                  "height": overlay.height, "png": png_data_url(overlay)}
         return result

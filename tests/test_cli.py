@@ -28,15 +28,17 @@ from edge_infer.cli import PROGRESS_MIN_IMAGES, main
 from edge_infer.datasets import split_files
 from edge_infer.decision import decide
 from edge_infer.manifest import MANIFEST_FILENAME, ModelError, resolve_model
+from edge_infer.ood import ood_fields
 from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
 
 DECISION_KEYS = ("prediction", "argmax_prediction", "forced_malignant", "mode", "threshold",
                  "probs", "prob_malignant", "top2", "margin", "uncertain")
-RESULT_KEYS = {*DECISION_KEYS, "file", "model", "temperature", "profile"}
+RESULT_KEYS = {*DECISION_KEYS, "file", "model", "temperature", "profile",
+               *ood_fields(None, "refuse")}
 MODEL_KEYS = {"key", "variant", "sha256"}
 CSV_HEADER = ["file", "prediction", "argmax_prediction", "prob_normal", "prob_benign",
               "prob_malignant", "forced_malignant", "uncertain", "threshold", "margin",
-              "temperature", "profile"]
+              "temperature", "profile", "in_distribution", "ood_score"]
 PROB_TOLERANCE = 1e-6
 IMAGES_PER_CLASS = {"normal": 3, "benign": 4, "malignant": 3}
 ORIENTATION_TAG = 0x0112
@@ -376,8 +378,9 @@ def test_classifier_refuses_a_file_whose_sha256_differs(manifest: dict, tmp_path
     manifest_file.write_text(json.dumps(manifest))
     model_file = tmp_path / shipped.info["file"]
     shutil.copy(shipped.path, model_file)
-    if "cam_head" in shipped.info:  # the heat-map head, checked like the model file
-        shutil.copy(shipped.path.with_name(shipped.info["cam_head"]["file"]), tmp_path)
+    for sidecar in ("cam_head", "ood"):  # heat-map head, OOD parameters: checked like the model
+        if sidecar in shipped.info:
+            shutil.copy(shipped.path.with_name(shipped.info[sidecar]["file"]), tmp_path)
     assert Classifier("int8", manifest_file=manifest_file).entry.path == model_file
     flip_a_byte(model_file)
     with pytest.raises(ModelError, match="does not match the manifest") as refused:

@@ -93,10 +93,20 @@ function setBadge(id, on) {
   $(id).className = on ? "badge yes" : "badge";
 }
 
+function oodSentence(r) {
+  // in_distribution: false = not like the breast ultrasound the model knows; null = unchecked.
+  if (r.in_distribution !== false) return "";
+  return `This image does not look like a breast ultrasound (${r.ood_reasons.join("; ")}). ` +
+    "The class probabilities below should not be trusted. " +
+    (r.refused ? "No label is given." : "It is labelled anyway, as asked: treat it as a guess.");
+}
+
 function render(result) {
   $("error").hidden = true;
-  $("prediction").textContent = result.prediction;
-  $("prediction").className = `prediction ${result.prediction}`;
+  $("ood-alert").textContent = oodSentence(result);
+  $("ood-alert").hidden = result.in_distribution !== false;
+  $("prediction").textContent = result.refused ? "No label" : result.prediction;
+  $("prediction").className = `prediction ${result.refused ? "refused" : result.prediction}`;
   renderBars(result);
   setBadge("forced", result.forced_malignant);
   $("forced-text").textContent = forcedSentence(result);
@@ -136,6 +146,7 @@ async function classify() {
     body.append("threshold", threshold.value);
   }
   if ($("heatmap").checked) body.append("heatmap", "true");
+  if ($("ood-warn").checked) body.append("ood", "warn");
   const ticket = ++latest;
   const button = form.querySelector("button");
   button.textContent = "Classifying…";
@@ -169,7 +180,7 @@ form.addEventListener("change", (event) => {
   if (event.target.name === "mode") {
     threshold.disabled = selectedMode() !== "high-sensitivity";
     classify();
-  } else if (event.target === threshold || event.target.id === "heatmap") {
+  } else if (event.target === threshold || ["heatmap", "ood-warn"].includes(event.target.id)) {
     classify();
   }
 });
