@@ -348,8 +348,9 @@ def scan(busi_root: Path) -> Path:
 
 
 def exif_rotated(source: Path, target: Path) -> Path:
-    """The same pixels saved with EXIF 'rotate 90 degrees clockwise to display'."""
-    image = Image.open(source)
+    """The scan stored turned a quarter anticlockwise, with EXIF 'rotate 90 degrees clockwise
+    to display': decoded, it is the upright scan again (as a phone or scanner may save it)."""
+    image = Image.open(source).transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[ORIENTATION_TAG] = ROTATE_90_CW
     image.save(target, exif=exif)
@@ -383,6 +384,7 @@ def test_cli_heatmap_of_an_exif_rotated_image_is_drawn_on_it_as_displayed(
     stored = Image.open(rotated).size
     displayed = decode_image(rotated).image
     assert displayed.size == (stored[1], stored[0]) != stored
+    assert np.array_equal(np.asarray(displayed), np.asarray(decode_image(scan).image))
     out = tmp_path / "rotated_heat.png"
     result = run("--quiet", rotated, "--heatmap", out, "--heatmap-class", "benign")
     assert result.exit_code == 0, result.output
@@ -436,8 +438,10 @@ def test_classifier_refuses_a_changed_head_file(manifest: dict, classifier: Clas
         pytest.skip("the shipped int8 model has no feature-map output (run busi-convert)")
     info = classifier.entry.info
     shutil.copy(classifier.entry.path, tmp_path / info["file"])
+    for facts in info.values():  # every sidecar the entry vouches for: the head among them
+        if isinstance(facts, dict) and {"file", "sha256"} <= set(facts):
+            shutil.copy(classifier.entry.path.with_name(facts["file"]), tmp_path)
     head = tmp_path / info["cam_head"]["file"]
-    shutil.copy(classifier.entry.path.with_name(info["cam_head"]["file"]), head)
     (tmp_path / MANIFEST_FILENAME).write_text(json.dumps(manifest))
     assert Classifier("int8", manifest_file=tmp_path / MANIFEST_FILENAME).has_heatmap
     with np.load(head) as archive:
