@@ -28,8 +28,10 @@ from edge_infer.classifier import Classifier
 from edge_infer.cli import main
 from edge_infer.datasets import split_files
 from edge_infer.decision import Decision, decide
+from edge_infer.ood import ood_fields
 from edge_infer.server import FORM_OVERHEAD_BYTES, STATIC_DIR, create_app
 from edge_infer.spec import CLASS_NAMES
+from edge_infer.tflite_model import ModelOutput
 
 SMALL_LIMIT = 2000  # bytes: every BUSI image is larger
 SERVER_START_SECONDS = 10
@@ -103,8 +105,7 @@ def post(client: TestClient | httpx.Client, path: Path, data: dict | None = None
 
 def expected(classifier: Classifier, path: Path, *args) -> dict:
     """What `edge-infer --json` says about `path`, named as the upload is."""
-    return {"file": path.name, **classifier.classify(path, *args).to_dict(),
-            "model": classifier.model_info()}
+    return {"file": path.name, **classifier.result(path, *args)}
 
 
 # --- no model needed -----------------------------------------------------------------------
@@ -238,7 +239,8 @@ def test_health_model_and_openapi(client: TestClient, manifest: dict) -> None:
     assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/Prediction")
     fields = schema["components"]["schemas"]["Prediction"]["properties"]
     assert "Heatmap" in str(fields.pop("heatmap"))  # only in answers asking for it
-    assert set(fields) == DECISION_FIELDS | {"file", "model", "temperature", "profile"}
+    assert set(fields) == DECISION_FIELDS | {"file", "model", "temperature", "profile",
+                                             *ood_fields(None, "refuse")}
     assert {"413", "415", "422"} <= set(schema["paths"]["/predict"]["post"]["responses"])
     assert client.get("/docs").status_code == 200
 
@@ -276,18 +278,18 @@ def test_parallel_requests_equal_single_ones_and_never_share_an_interpreter(
     busy: set[int] = set()
     shared: list[int] = []
     lock = threading.Lock()
-    classify_array = Classifier.classify_array
+    run_array = Classifier.run_array  # every request's interpreter call
 
-    def exclusive(self: Classifier, *args, **kwargs) -> Decision:
+    def exclusive(self: Classifier, *args, **kwargs) -> ModelOutput:
         with lock:
             (shared.append if id(self) in busy else busy.add)(id(self))
         try:
-            return classify_array(self, *args, **kwargs)
+            return run_array(self, *args, **kwargs)
         finally:
             with lock:
                 busy.discard(id(self))
 
-    monkeypatch.setattr(Classifier, "classify_array", exclusive)
+    monkeypatch.setattr(Classifier, "run_array", exclusive)
 
     def ask(i: int) -> dict:
         with httpx.Client(base_url=live_url, timeout=60) as http:
@@ -302,14 +304,14 @@ def test_parallel_requests_equal_single_ones_and_never_share_an_interpreter(
 def test_inference_does_not_block_the_event_loop(live_url: str, images: list[Path],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     entered, release = threading.Event(), threading.Event()
-    classify_array = Classifier.classify_array
+    run_array = Classifier.run_array
 
-    def held(self: Classifier, *args, **kwargs) -> Decision:
+    def held(self: Classifier, *args, **kwargs) -> ModelOutput:
         entered.set()
         release.wait(SERVER_START_SECONDS)
-        return classify_array(self, *args, **kwargs)
+        return run_array(self, *args, **kwargs)
 
-    monkeypatch.setattr(Classifier, "classify_array", held)
+    monkeypatch.setattr(Classifier, "run_array", held)
     with ThreadPoolExecutor(1) as executor, httpx.Client(base_url=live_url, timeout=5) as http:
         pending = executor.submit(post, http, images[0])
         assert entered.wait(SERVER_START_SECONDS)
