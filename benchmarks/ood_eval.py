@@ -278,6 +278,14 @@ def write_ood_report(section: dict, out: Path) -> tuple[Path, Path]:
     return json_path, md_path
 
 
+def bus_bra_if_present() -> Path | None:
+    """The BUS-BRA folder ($BUS_BRA_DIR or ../shared/datasets/bus_bra), or None."""
+    try:
+        return resolve_bus_bra_dir()
+    except FileNotFoundError:
+        return None
+
+
 def _optional(resolve: Callable[[str | None], Path], path: str | None) -> Path | None:
     try:
         return resolve(path)

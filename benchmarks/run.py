@@ -27,6 +27,7 @@ from benchmarks.external import external_results
 from benchmarks.latency import run_worker
 from benchmarks.machine import machine_info
 from benchmarks.onnx_variant import OnnxUnavailable, export_fp32, quantize_int8
+from benchmarks.ood_eval import bus_bra_if_present, ood_results
 from benchmarks.targets import check_targets, latency_ratios, resource_ratios
 from benchmarks.variants import KerasRunner, OnnxRunner, TFLiteRunner, VariantSpec
 from edge_infer.calibration import apply_temperature, fit_calibration
@@ -190,6 +191,9 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
     progress.set_postfix_str("heat-maps vs lesion masks")
     heatmaps = benchmark_cam(arch, manifest_file, root, test["files"], test["labels"], model,
                              settings.accuracy_threads, settings.resamples)
+    progress.set_postfix_str("out-of-distribution check")
+    ood = ood_results(arch, manifest_file, root, external, bus_bra_if_present(),
+                      settings.stride, settings.accuracy_threads)
     progress.update()
     with tempfile.TemporaryDirectory(prefix="busi-bench-") as workdir:
         progress.set_postfix_str("onnx export + int8")
@@ -233,6 +237,7 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
                                            settings.resamples),
         "site_simulation": site_simulation,
         "cam": heatmaps,
+        "ood": ood,
         "skipped": skipped,
         "onnx": onnx_notes,
         "latency": latency,

@@ -464,3 +464,34 @@ def test_heatmap_in_headless_chromium(live_url: str, images: list[Path], classif
         wait.until(lambda _: not figure.is_displayed())
     assert size == Image.open(path).size
     assert label == prediction == classifier.classify(path).prediction
+
+
+def test_not_ultrasound_in_headless_chromium(live_url: str, classifier: Classifier,
+                                             tmp_path: Path) -> None:
+    """An image that is not breast ultrasound: the page says so plainly and gives no label;
+    ticking 'label anyway' shows the label under the same warning."""
+    if classifier.ood is None:
+        pytest.fail(f"{classifier.entry.key} has no OOD check in the manifest: run busi-ood-fit")
+    from benchmarks.ood_sets import synthetic_images
+
+    path = tmp_path / "screenshot.png"
+    next(n for n in synthetic_images() if n.name == "synthetic/text-20px").image.save(path)
+    with _headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        wait = WebDriverWait(driver, BROWSER_WAIT_SECONDS)
+        driver.get(live_url)
+        driver.find_element(By.ID, "file").send_keys(str(path))
+        alert = driver.find_element(By.ID, "ood-alert")
+        prediction = driver.find_element(By.ID, "prediction")
+        wait.until(lambda _: alert.is_displayed() and prediction.text)
+        refused = (alert.text, prediction.text)
+        driver.save_screenshot(str(tmp_path / "web_app_not_ultrasound.png"))
+        driver.find_element(By.ID, "ood-warn").click()
+        wait.until(lambda _: prediction.text != "No label")
+        warned = (alert.text, prediction.text.lower())
+    api = classifier.result(path, ood_policy="warn")
+    assert "does not look like a breast ultrasound" in refused[0]
+    assert "should not be trusted" in refused[0] and refused[1] == "No label"
+    assert "labelled anyway" in warned[0] and warned[1] == api["prediction"]
