@@ -49,6 +49,25 @@ MIN_CORRELATION = 0.85
 MEAN_CORRELATION = 0.95
 LESION_SAMPLE = 24  # every 4th lesion test image: the real-data tests stay quick
 
+# TensorFlow's note on every uint8-input conversion (the int8 model's input is checked).
+pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
+
+
+def size_of(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file as stored (no EXIF orientation)."""
+    with Image.open(path) as image:
+        return image.size
+
+
+def grey(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+def rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
 
 # --- the formula on a hand-built model ------------------------------------------------------
 
@@ -288,7 +307,7 @@ def test_pointing_game_is_computed_from_the_real_masks(scored: list[dict], lesio
         assert masks and cam_eval.mask_files(path) == masks
         union = np.zeros((image.height, image.width), bool)
         for mask in masks:
-            union |= np.asarray(Image.open(mask).convert("L")) > 127
+            union |= grey(mask) > 127
         assert 0 < union.mean() < 1
         output = classifier.run_array(to_model_input(image))
         predicted = int(output.probs.argmax())
@@ -303,9 +322,9 @@ def test_pointing_game_is_computed_from_the_real_masks(scored: list[dict], lesio
 def test_several_masks_are_used_as_their_union(busi_root: Path) -> None:
     path = next(busi_root / r.file for r in split_files("test") + split_files("val")
                 + split_files("train") if len(cam_eval.mask_files(busi_root / r.file)) > 1)
-    size = Image.open(path).size
+    size = size_of(path)
     union = cam_eval.lesion_mask(path, size)
-    parts = [np.asarray(Image.open(m).convert("L")) >= cam_eval.MASK_LEVEL
+    parts = [grey(m) >= cam_eval.MASK_LEVEL
              for m in cam_eval.mask_files(path)]
     assert (union == np.logical_or.reduce(parts)).all()
     assert all(union.sum() > part.sum() > 0 for part in parts)
@@ -344,16 +363,17 @@ def run(*args: str, env: dict | None = None):
 def scan(busi_root: Path) -> Path:
     """The first non-square malignant test image."""
     return next(busi_root / r.file for r in split_files("test") if r.label == "malignant"
-                and len(set(Image.open(busi_root / r.file).size)) == 2)
+                and len(set(size_of(busi_root / r.file))) == 2)
 
 
 def exif_rotated(source: Path, target: Path) -> Path:
     """The scan stored turned a quarter anticlockwise, with EXIF 'rotate 90 degrees clockwise
     to display': decoded, it is the upright scan again (as a phone or scanner may save it)."""
-    image = Image.open(source).transpose(Image.Transpose.ROTATE_90)
+    with Image.open(source) as image:
+        turned = image.transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[ORIENTATION_TAG] = ROTATE_90_CW
-    image.save(target, exif=exif)
+    turned.save(target, exif=exif)
     return target
 
 
@@ -368,8 +388,9 @@ def test_cli_heatmap_has_the_images_size_and_leaves_the_result_alone(
     assert json.loads(with_map.stdout) == json.loads(plain.stdout)
     result = json.loads(with_map.stdout)
     assert f"heat-map of class {result['prediction']} written to {out}" in with_map.stderr
-    written = Image.open(out)
-    assert written.format == "PNG" and written.size == Image.open(scan).size
+    with Image.open(out) as written:
+        assert written.format == "PNG" and written.size == size_of(scan)
+        written = written.copy()
     expected = classifier.heatmap(decode_image(scan).image,
                                   classifier.run_array(preprocess_image(scan)),
                                   result["prediction"])
@@ -381,14 +402,14 @@ def test_cli_heatmap_of_an_exif_rotated_image_is_drawn_on_it_as_displayed(
     if not classifier.has_heatmap:
         pytest.skip("the shipped int8 model has no feature-map output (run busi-convert)")
     rotated = exif_rotated(scan, tmp_path / "rotated.png")
-    stored = Image.open(rotated).size
+    stored = size_of(rotated)
     displayed = decode_image(rotated).image
     assert displayed.size == (stored[1], stored[0]) != stored
     assert np.array_equal(np.asarray(displayed), np.asarray(decode_image(scan).image))
     out = tmp_path / "rotated_heat.png"
     result = run("--quiet", rotated, "--heatmap", out, "--heatmap-class", "benign")
     assert result.exit_code == 0, result.output
-    written = np.asarray(Image.open(out)).astype(int)
+    written = rgb(out).astype(int)
     assert written.shape == (displayed.height, displayed.width, 3)
     heat = heat_at_image_size(classifier.run_array(to_model_input(displayed)).feature_map,
                               classifier.cam_head, CLASS_NAMES.index("benign"), displayed.size)
