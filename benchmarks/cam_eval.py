@@ -5,17 +5,19 @@ On the benign + malignant TEST images of the split manifest, for the int8 TFLite
 runtime's own code path, edge_infer.cam) and for the Keras model (its feature map and Dense
 weights through the same functions):
 
-- pointing game: the share of images whose map maximum (at the image's own size) falls inside
-  the lesion mask (the union of the image's `*_mask*.png` files);
-- energy inside the mask: the share of the normalised map's sum that lies inside the mask;
+\b
+- pointing game: the share of images whose map maximum (at the image's own size)
+  falls inside the lesion mask (the union of the image's `*_mask*.png` files);
+- energy inside the mask: the share of the normalised map's sum inside the mask;
 
 beside trivial baselines that look at no pixel: the image centre as the pointed location, a
 centred Gaussian (sigma = a quarter of the width / height) as the map, and a uniform map (its
 energy share is the mask's area share). Also the int8-vs-Keras agreement of the raw 7x7 maps
 (Pearson correlation, same peak cell). The masks are used for this evaluation only.
 
-`python -m benchmarks.cam_eval` prints the figures and writes the example overlays; the full
-benchmark (`python -m benchmarks`) puts the same section in its report.
+`python -m benchmarks.cam_eval` prints the figures and writes them (cam.md, cam.json) with the
+example overlays (cam_examples.png); the full benchmark (`python -m benchmarks`) puts the same
+section in its report.
 """
 
 from __future__ import annotations
