@@ -35,6 +35,7 @@ from benchmarks.metrics import (
 )
 from edge_infer.classifier import Classifier
 from edge_infer.decision import Mode
+from edge_infer.ood import with_ood
 from edge_infer.preprocess import ImageError, decode_image, to_model_input
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
 
@@ -69,7 +70,8 @@ def classify_labelled(classifier: Classifier, items: list[tuple[Path, str]], mod
     for path, label in tqdm(items, unit="img", file=sys.stderr, disable=not progress):
         try:
             decoded = decode_image(path)
-            decision = classifier.classify_array(to_model_input(decoded.image), mode, threshold)
+            output = classifier.run_array(to_model_input(decoded.image))
+            decision = classifier.decide_output(output, mode, threshold)
         except ImageError as err:
             done.failures.append((str(path), str(err)))
             continue
@@ -77,8 +79,18 @@ def classify_labelled(classifier: Classifier, items: list[tuple[Path, str]], mod
             say(f"note: {path}: {note}")
         done.files.append(str(path))
         done.labels.append(CLASS_NAMES.index(label))
-        done.decisions.append(decision.to_dict())
+        # labelled anyway ("warn"): every figure covers every image, as before the check
+        done.decisions.append(with_ood(decision.to_dict(),
+                                       classifier.check_ood(output, decoded.image), "warn"))
     return done
+
+
+def out_of_distribution(files: list[str], decisions: list[dict]) -> dict:
+    """How many evaluated images the model's check says are not breast ultrasound (at a
+    clinic of breast scans: its false alarms), and which; checked False: no fitted check."""
+    flagged = [file for file, d in zip(files, decisions) if d["in_distribution"] is False]
+    checked = any(d["in_distribution"] is not None for d in decisions)
+    return {"checked": checked, "flagged": len(flagged), "n": len(decisions), "files": flagged}
 
 
 def _quietly(compute: Callable[[], dict]) -> dict:
@@ -182,6 +194,7 @@ def build_report(classifier: Classifier, predictions: Predictions, mode: str,
         **evaluate_predictions(y_true, predictions.probs, threshold, n_resamples),
         "errors": errors,
         "notes": notes,
+        "out_of_distribution": out_of_distribution(predictions.files, predictions.decisions),
         "predictions": [{"file": file, "label": CLASS_NAMES[label], **decision}
                         for file, label, decision in zip(predictions.files, predictions.labels,
                                                          predictions.decisions)],
@@ -225,6 +238,11 @@ def summary_lines(report: dict) -> list[str]:
                  + f", profile {report['profile']}")
     if report["errors"]:
         lines.append(f"Not evaluated: {len(report['errors'])} input(s), named on stderr")
+    ood = report["out_of_distribution"]
+    lines.append(f"Not like breast ultrasound (the model's check, edge-infer would refuse them): "
+                 f"{ood['flagged']} of {ood['n']} images, included in the figures below"
+                 if ood["checked"] else "Not checked for being breast ultrasound (the model "
+                 "has no fitted check: busi-ood-fit)")
     lines += [
         f"Malignant calls: {rule}. Accuracy, per-class figures and the confusion matrix use "
         "argmax.",

@@ -822,7 +822,7 @@ def assert_evaluation_schema(report: dict, n_images: int) -> None:
     assert set(report["intervals_95"]) == INTERVAL_KEYS
     assert report["bootstrap"] == {"resamples": int(FEW_RESAMPLES), "seed": 0, "level": 0.95}
     for prediction in report["predictions"]:
-        assert set(prediction) == {*DECISION_KEYS, "file", "label"}
+        assert set(prediction) == {*DECISION_KEYS, "file", "label", *ood_fields(None, "warn")}
         assert prediction["label"] in CLASS_NAMES
     for error in report["errors"]:
         assert set(error) == {"input", "reason", "kind"}

@@ -349,3 +349,23 @@ def test_web_api_carries_the_check_and_honours_warn(checked: Classifier, scan: P
     assert warned["prediction"] == warned["argmax_prediction"]
     assert refused == {**warned, "prediction": None, "refused": True,
                        "forced_malignant": False}
+
+
+def test_evaluate_counts_what_the_check_flags(checked: Classifier, scan: Path,
+                                              not_ultrasound: Path, tmp_path: Path) -> None:
+    """At a clinic, `edge-infer evaluate` says how many of its labelled scans the check would
+    refuse (false alarms there) and still scores every image."""
+    pytest.importorskip("sklearn", reason="scikit-learn (the [evaluate] extra) not installed")
+    (tmp_path / "benign").mkdir()
+    shutil.copy(scan, tmp_path / "benign" / "scan.png")
+    shutil.copy(not_ultrasound, tmp_path / "benign" / "screenshot.png")
+    out = tmp_path / "report.json"
+    result = run("evaluate", tmp_path, "--json", out, "--resamples", 10, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 2
+    assert report["out_of_distribution"] == {
+        "checked": True, "flagged": 1, "n": 2,
+        "files": [str(tmp_path / "benign" / "screenshot.png")]}
+    assert "Not like breast ultrasound" in result.stdout and "1 of 2 images" in result.stdout
+    assert all(p["prediction"] is not None for p in report["predictions"])
