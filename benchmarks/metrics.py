@@ -21,7 +21,6 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from edge_infer.calibration import TARGET_MALIGNANT_RECALL, choose_threshold  # noqa: F401  (train)
 from edge_infer.rates import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,

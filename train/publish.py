@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 import keras
 
-from edge_infer.datasets import models_dir
-from edge_infer.manifest import drop_derived_models, file_facts, update_manifest
+from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, models_dir
+from edge_infer.manifest import drop_derived_models, file_facts, sha256_of, update_manifest
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE
 
 
@@ -23,11 +23,21 @@ def keras_entry(run_dir: Path, model_file: Path) -> dict:
         "output": {"dtype": "float32", "shape": [None, len(CLASS_NAMES)]},
         "class_names": list(CLASS_NAMES), "preprocessing": results["preprocessing"],
         "initialisation": results["initialisation"], "threshold": results["threshold"],
-        "threshold_rule": "highest T with malignant recall >= 0.95 on the validation split",
+        "threshold_rule": results.get(
+            "threshold_rule", "highest T with malignant recall >= 0.95 on the validation split"),
         "training": {"config": config, "counts": results["counts"],
-                     "train_seconds": results["train_seconds"]},
-        "metrics": {"val": results["val"], "test": results["test"]},
+                     "train_seconds": results["train_seconds"], **_site_split(config)},
+        "metrics": {name: value for name, value in results.items()
+                    if name in ("val", "test", "selection_score") or name.startswith("bus_bra_")},
     }
+
+
+def _site_split(config: dict) -> dict:
+    """The BUS-BRA split file a model trained on (name and sha256), if it used BUS-BRA."""
+    if not config.get("bus_bra"):
+        return {}
+    split = models_dir() / BUS_BRA_SPLIT_FILENAME
+    return {"bus_bra_split": {"file": split.name, "sha256": sha256_of(split)}}
 
 
 @click.command(help="Save RUN_DIR/model.keras (without optimizer state) as models/<arch>.keras "

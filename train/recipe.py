@@ -15,7 +15,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmarks.metrics import choose_threshold, classification_metrics, lesion_metrics
+from benchmarks.metrics import classification_metrics, lesion_metrics
+from edge_infer.calibration import choose_threshold
 from edge_infer.datasets import SplitRow, load_images
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX, PREPROCESSING_ID
 from train.architectures import (
