@@ -1,5 +1,6 @@
-"""`busi-calibrate`: fit each shipped model's temperature on the BUSI validation split and re-choose
-its high-sensitivity threshold on the calibrated probabilities, into models/manifest.json.
+"""`busi-calibrate`: fit each shipped model's temperature on its validation data (BUSI's split; with
+BUS-BRA's validation patients too for a model trained across sites, see convert.validation) and
+re-choose its high-sensitivity threshold on the calibrated probabilities, into the manifest.
 
 Run it after `busi-publish` / `busi-convert` (they write uncalibrated entries: no temperature,
 a threshold on raw probabilities). Each variant is fitted from its own outputs: a TFLite model
@@ -16,15 +17,14 @@ from pathlib import Path
 import click
 import numpy as np
 
+from convert.validation import validation_set
 from edge_infer.calibration import TEMPERATURE_BOUNDS, fit_calibration, fit_temperature
-from edge_infer.datasets import SPLIT_FILENAME, load_images, resolve_busi_dir, split_files
 from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.manifest import (
     MANIFEST_FILENAME,
     ModelError,
     read_manifest,
     resolve_model,
-    sha256_of,
     update_manifest,
 )
 from edge_infer.rates import bootstrap_interval
@@ -50,7 +50,7 @@ def raw_probabilities(entry_key: str, manifest_file: Path, images: np.ndarray,
     return model.predict(images.astype(np.float32), batch_size=32, verbose=0)
 
 
-def calibration_fields(probs: np.ndarray, labels: np.ndarray, split_sha256: str,
+def calibration_fields(probs: np.ndarray, labels: np.ndarray, validation: dict,
                        source: str) -> dict:
     """The manifest fields of one model's fit: temperature, threshold and how they came about."""
     fit = fit_calibration(probs, labels)
@@ -61,8 +61,9 @@ def calibration_fields(probs: np.ndarray, labels: np.ndarray, split_sha256: str,
         "threshold": fit.threshold,
         "threshold_rule": THRESHOLD_RULE,
         "temperature_fit": {
-            "split": "val", "images": fit.n, "malignant": fit.n_malignant,
-            "split_sha256": split_sha256, "outputs": source, "objective": OBJECTIVE,
+            "split": "val", "sets": validation["sets"], "images": fit.n,
+            "malignant": fit.n_malignant, "split_sha256s": validation["splits"],
+            "outputs": source, "objective": OBJECTIVE,
             "nll_before": fit.nll_before, "nll_after": fit.nll_after,
             "temperature_interval_95": [low, high],
             "interval_method": "percentile bootstrap over the validation images (refit each "
@@ -91,13 +92,11 @@ def main(arch: str | None, variants: str | None, busi_dir: str | None, threads: 
          models_dir: Path | None) -> None:
     folder = models_dir or shipped_models_dir()
     manifest_file = folder / MANIFEST_FILENAME
-    split_file = folder / SPLIT_FILENAME
     try:
         manifest = read_manifest(manifest_file)
         arch = arch or manifest.get("default_arch")
         if not arch:
             raise ModelError(f"{manifest_file} names no default architecture: pass --arch")
-        root = resolve_busi_dir(busi_dir)
     except (ModelError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     listed = [info["variant"] for info in manifest["models"].values() if info["arch"] == arch]
@@ -106,8 +105,11 @@ def main(arch: str | None, variants: str | None, busi_dir: str | None, threads: 
     if unknown:
         raise click.UsageError(f"{arch} has no {', '.join(unknown)} in {manifest_file} "
                                f"(it has {', '.join(listed) or 'nothing'})")
-    images, labels = load_images(split_files("val", split_file), root, desc="val")
-    entries, split_sha256 = {}, sha256_of(split_file)
+    try:
+        images, labels, validation = validation_set(manifest_file, arch, busi_dir)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
+    entries = {}
     for variant in wanted:
         key = f"{arch}/{variant}"
         info = manifest["models"][key]
@@ -119,7 +121,7 @@ def main(arch: str | None, variants: str | None, busi_dir: str | None, threads: 
             continue
         except ModelError as err:
             raise click.ClickException(str(err)) from None
-        fields = calibration_fields(probs, labels, split_sha256, SOURCES[info["format"]])
+        fields = calibration_fields(probs, labels, validation, SOURCES[info["format"]])
         fit = fields["temperature_fit"]
         low, high = fit["temperature_interval_95"]
         click.echo(f"{key:28s} T = {fields['temperature']:.3f} [{low:.3f}, {high:.3f}]  "

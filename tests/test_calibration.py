@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
+from convert.validation import trained_on_bus_bra, validation_set
 from edge_infer.calibration import (
     TARGET_MALIGNANT_RECALL,
     TEMPERATURE_BOUNDS,
@@ -31,8 +32,21 @@ from edge_infer.calibration import (
 )
 from edge_infer.classifier import Classifier
 from edge_infer.cli import main
-from edge_infer.datasets import load_images, resolve_external_dir, split_files
-from edge_infer.manifest import ModelError, resolve_model, sha256_of
+from edge_infer.datasets import (
+    BUS_BRA_SPLIT_FILENAME,
+    models_dir,
+    read_split,
+    resolve_bus_bra_dir,
+    resolve_external_dir,
+    split_files,
+)
+from edge_infer.manifest import (
+    ModelError,
+    manifest_path,
+    read_manifest,
+    resolve_model,
+    sha256_of,
+)
 from edge_infer.preprocess import preprocess_image
 from edge_infer.rates import malignant_called, malignant_recall_specificity
 from edge_infer.site_profile import (
@@ -288,17 +302,20 @@ def test_a_file_that_is_not_json_is_refused(tmp_path: Path, int8_entry) -> None:
 
 
 @pytest.fixture(scope="module")
-def val_split(busi_root: Path):
-    return load_images(split_files("val"), busi_root, desc="val")
+def validation_sets(busi_root: Path) -> dict:
+    """Each shipped architecture's validation data (BUSI val; + BUS-BRA val if trained on it)."""
+    return {arch: validation_set(manifest_path(), arch)
+            for arch in {info["arch"] for info in read_manifest()["models"].values()}}
 
 
-def test_every_shipped_tflite_model_has_a_temperature_fitted_on_validation(manifest: dict,
-                                                                           val_split) -> None:
-    images, labels = val_split
+def test_every_shipped_tflite_model_has_a_temperature_fitted_on_validation(
+        manifest: dict, validation_sets: dict) -> None:
     tflite = {key: info for key, info in manifest["models"].items() if info["format"] == "tflite"}
     for key, info in tflite.items():
+        images, labels, described = validation_sets[info["arch"]]
         assert info.get("temperature") is not None, f"{key}: run busi-calibrate"
         assert info["temperature_fit"]["split"] == "val"
+        assert info["temperature_fit"]["sets"] == described["sets"]
         assert info["temperature_fit"]["images"] == len(labels)
         classifier = Classifier(key, threads=2)
         raw = classifier.model.predict(images)
@@ -312,12 +329,18 @@ def test_every_shipped_tflite_model_has_a_temperature_fitted_on_validation(manif
         assert recall >= TARGET_MALIGNANT_RECALL, key
 
 
-def test_calibrating_on_busi_validation_gives_the_manifests_temperature(
+def test_calibrating_on_the_validation_images_gives_the_manifests_temperature(
         manifest: dict, busi_root: Path, tmp_path: Path) -> None:
-    """`edge-infer calibrate` on the BUSI validation split reproduces the shipped fit."""
+    """`edge-infer calibrate` on the default model's validation images reproduces the shipped
+    fit (BUSI val, plus BUS-BRA's validation patients for a model trained across sites)."""
+    rows = [(busi_root / row.file, row.label) for row in split_files("val")]
+    if trained_on_bus_bra(manifest_path(), manifest["default_arch"]):
+        site_root = resolve_bus_bra_dir()
+        rows += [(site_root / row.file, row.label)
+                 for row in read_split(models_dir() / BUS_BRA_SPLIT_FILENAME)
+                 if row.split == "val"]
     table = tmp_path / "val.csv"
-    table.write_text("file,label\n" + "".join(f"{busi_root / row.file},{row.label}\n"
-                                              for row in split_files("val")))
+    table.write_text("file,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
     out = tmp_path / "busi_val.json"
     result = run("calibrate", "--labels", table, "--out", out, "--resamples", FEW_RESAMPLES,
                  "--quiet")

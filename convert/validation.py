@@ -1,0 +1,51 @@
+"""The validation images a shipped model's thresholds and temperature are fitted on.
+
+A model trained on BUSI alone is validated on BUSI's validation split; a model trained across
+sites (`busi-train --bus-bra`) on BUSI's and BUS-BRA's validation patients together, the same
+set its early stopping and threshold used, so its operating point serves both sites.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_infer.datasets import (
+    BUS_BRA_SPLIT_FILENAME,
+    SPLIT_FILENAME,
+    load_images,
+    read_split,
+    resolve_bus_bra_dir,
+    resolve_busi_dir,
+    split_files,
+)
+from edge_infer.manifest import read_manifest, sha256_of
+
+
+def trained_on_bus_bra(manifest_file: Path, arch: str) -> bool:
+    """Whether the architecture's Keras model was trained with BUS-BRA (from its manifest)."""
+    keras_entry = read_manifest(manifest_file)["models"].get(f"{arch}/keras", {})
+    return bool(keras_entry.get("training", {}).get("config", {}).get("bus_bra"))
+
+
+def validation_set(manifest_file: Path, arch: str, busi_dir: str | None = None,
+                   bus_bra_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(uint8 images, labels, description with split files and sha256s) of the model's
+    validation data."""
+    folder = manifest_file.parent
+    busi_split = folder / SPLIT_FILENAME
+    images, labels = load_images(split_files("val", busi_split), resolve_busi_dir(busi_dir),
+                                 desc="BUSI val")
+    described = {"sets": ["BUSI val"], "splits": {busi_split.name: sha256_of(busi_split)}}
+    if trained_on_bus_bra(manifest_file, arch):
+        site_split = folder / BUS_BRA_SPLIT_FILENAME
+        rows = [row for row in read_split(site_split) if row.split == "val"]
+        site_images, site_labels = load_images(rows, resolve_bus_bra_dir(bus_bra_dir),
+                                               desc="BUS-BRA val")
+        images = np.concatenate([images, site_images])
+        labels = np.concatenate([labels, site_labels])
+        described["sets"].append("BUS-BRA val")
+        described["splits"][site_split.name] = sha256_of(site_split)
+    described["images"] = int(len(labels))
+    return images, labels, described
