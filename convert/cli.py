@@ -70,8 +70,12 @@ def _line(name: str, report: dict) -> str:
 @click.option("--threads", default=2, show_default=True, help="Interpreter threads.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with manifest.json, the split and the Keras model (default: models/).")
+@click.option("--accept-missed-targets", "accepted", default="", metavar="VARIANTS",
+              help="Comma-separated variants to keep even if they miss a target: each miss is "
+                   "printed and recorded in the manifest (verification.targets_missed). For a "
+                   "deliberate, documented trade-off only.")
 def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
-         models_dir: Path | None) -> None:
+         models_dir: Path | None, accepted: str) -> None:
     import keras
 
     from convert.feature_output import write_head
@@ -88,6 +92,9 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
     unknown = sorted(set(wanted) - set(VARIANTS))
     if unknown:
         raise click.BadParameter(f"unknown variant(s) {unknown}; choose from {VARIANTS}")
+    not_variants = sorted(set(filter(None, accepted.split(","))) - set(VARIANTS))
+    if not_variants:
+        raise click.BadParameter(f"--accept-missed-targets: unknown variant(s) {not_variants}")
     folder = models_dir or shipped_models_dir()
     manifest_file = folder / MANIFEST_FILENAME
     split_file = folder / SPLIT_FILENAME
@@ -138,10 +145,13 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
                    f"({size_ratio:.1f}x smaller)  feature output: max|dp| "
                    f"{extra_output['test']['max_abs_dprob']:.2g} vs 1 output"
                    + (f"  FAILED: {failures}" if failures else ""))
-        if failures:
+        if failures and variant not in accepted.split(","):
             candidate.unlink()
             failed[variant] = failures
             continue
+        if failures:
+            click.echo(f"WARNING: keeping {variant} although it misses {failures} "
+                       "(--accept-missed-targets); recorded in the manifest", err=True)
         candidate.replace(path)
         entries[f"{arch}/{variant}"] = {
             "format": "tflite", "arch": arch, "variant": variant, **file_facts(path),
@@ -152,7 +162,7 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
             "source_model": {"file": source.info["file"], "sha256": source.info["sha256"]},
             "calibration": CALIBRATION if variant == "int8" else None,
             "made_by": f"busi-convert (tensorflow {_tf_version()}, keras {keras.__version__})",
-            "verification": {**report, "targets": targets,
+            "verification": {**report, "targets": targets, "targets_missed": failures,
                              "size_ratio_vs_float32_weights": size_ratio,
                              "feature_output_vs_single_output": extra_output,
                              "keras_test": {k: keras_report["test"][k] for k in

@@ -315,9 +315,9 @@ def make_models_dir(folder: Path, model: keras.Model, make_default: bool = True)
     return folder
 
 
-def run_convert(folder: Path, busi_root: Path, variants: str = "float32,int8"):
+def run_convert(folder: Path, busi_root: Path, variants: str = "float32,int8", *extra: str):
     args = ["--variants", variants, "--models-dir", str(folder), "--busi-dir", str(busi_root),
-            "--threads", "2"]
+            "--threads", "2", *extra]
     return CliRunner().invoke(convert_main, args)
 
 
@@ -452,6 +452,27 @@ def test_cli_leaves_a_variant_that_misses_its_target_out(tiny_model, busi_root, 
     models = read_manifest(folder / MANIFEST_FILENAME)["models"]
     assert f"{ARCH}/int8" not in models
     assert set(models) == {f"{ARCH}/keras", f"{ARCH}/float32"}  # the passing one still goes in
+
+
+def test_cli_keeps_an_accepted_miss_and_records_it(tiny_model, busi_root, tmp_path,
+                                                   monkeypatch) -> None:
+    folder = make_models_dir(tmp_path / "models", tiny_model)
+    loosen_size_target(monkeypatch)
+    monkeypatch.setitem(verify.TARGETS, "int8", {**verify.TARGETS["int8"], "min_agreement": 1.01})
+    result = run_convert(folder, busi_root, "float32,int8", "--accept-missed-targets", "int8")
+    assert result.exit_code == 0, result.output
+    assert "WARNING: keeping int8" in result.stderr
+    models = read_manifest(folder / MANIFEST_FILENAME)["models"]
+    assert models[f"{ARCH}/int8"]["verification"]["targets_missed"] == [
+        "agreement 1.0000 < 1.01"]
+    assert models[f"{ARCH}/float32"]["verification"]["targets_missed"] == []
+
+
+def test_cli_accepting_an_unknown_variant_is_a_usage_error(tmp_path) -> None:
+    result = CliRunner().invoke(convert_main, ["--accept-missed-targets", "int9",
+                                               "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "int9" in result.output
 
 
 def test_cli_failed_reconversion_keeps_the_verified_variant(passed_run, busi_root, tmp_path,
