@@ -10,6 +10,7 @@ of these sets: the shipped check's parameters come from the BUSI training split 
 threshold from the validation split (busi-ood-fit); the two comparison methods get their
 thresholds on the validation split by the same rule.
 
+\b
 Methods, side by side, each score higher = less like the training data:
 - shipped: what the runtime applies, max(feature / its threshold, colour / its threshold);
   flagged when > 1;

@@ -32,6 +32,7 @@ SKIMAGE_IMAGES: tuple[str, ...] = (
     "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina", "rocket",
     "shepp_logan_phantom", "text",
 )
+SKIMAGE_ARGS: dict[str, dict] = {"binary_blobs": {"rng": SEED}}  # random unless seeded
 LFW_FACES = 10  # the first faces of skimage.data.lfw_subset (25x25 grey)
 OOD_GROUPS: tuple[str, ...] = ("package", "synthetic")
 CORRUPTED_GROUP = "corrupted"
@@ -79,7 +80,8 @@ def package_images() -> list[NamedImage]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in SKIMAGE_IMAGES:
-            found += _with_crops(f"skimage/{name}", _rgb(getattr(skimage.data, name)()))
+            found += _with_crops(f"skimage/{name}",
+                                 _rgb(getattr(skimage.data, name)(**SKIMAGE_ARGS.get(name, {}))))
         for index, face in enumerate(skimage.data.lfw_subset()[:LFW_FACES]):
             found.append(NamedImage(f"skimage/lfw_subset/{index}", "package", _rgb(face)))
         sample = load_sample_images()

@@ -12,8 +12,9 @@ Two cheap checks, on what the runtime already has:
   Divided by the number of channels, the score is about 1 for a training image.
 - colour: B-mode ultrasound is grey, or grey under one display tint (blue, sepia): every pixel of
   the same brightness has the same colour. The score is the fraction of pixels whose colour is
-  off the image's own tint; a photograph has many, a tinted scan almost none. It reads the decoded
-  RGB image (`edge_infer.preprocess.decode_image`), since the model input is luma only.
+  off the image's own tint (the mean colour of pixels of that brightness); a photograph has
+  many, a tinted scan almost none. It reads the decoded RGB image
+  (`edge_infer.preprocess.decode_image`), since the model input is luma only.
 
 The parameters are fitted on the BUSI training split and the feature threshold is chosen on the
 validation split for a stated false-alarm rate (`busi-ood-fit`, convert/ood_fit.py); both live
@@ -138,20 +139,21 @@ def load_feature_density(path: str | os.PathLike, channels: int) -> FeatureDensi
 
 def colour_score(image: Image.Image) -> float:
     """Fraction of pixels (sampled on a grid of about COLOUR_SAMPLES per side) whose colour
-    differs from the median colour of pixels of the same brightness: 0 for grey or uniformly
+    differs from the mean colour of pixels of the same brightness: 0 for grey or uniformly
     tinted scans, large for photographs, colour drawings and screenshots."""
-    pixels = np.asarray(image.convert("RGB"))
-    step = max(1, max(pixels.shape[:2]) // COLOUR_SAMPLES)
-    sample = pixels[::step, ::step].reshape(-1, 3).astype(np.int32)
+    width, height = image.size
+    step = max(1, max(width, height) // COLOUR_SAMPLES)
+    grid = image.resize((max(1, width // step), max(1, height // step)),
+                        Image.Resampling.NEAREST).convert("RGB")
+    sample = np.asarray(grid, dtype=np.int32).reshape(-1, 3)
     luma = (sample @ np.array([299, 587, 114])) // 1000
     chroma = np.stack([sample[:, 0] - sample[:, 1], sample[:, 2] - sample[:, 1]], axis=1)
     bins = np.minimum(luma * COLOUR_LUMA_BINS // 256, COLOUR_LUMA_BINS - 1)
-    off = 0
-    for level in np.unique(bins):
-        members = chroma[bins == level]
-        tint = np.median(members, axis=0)
-        off += int((np.abs(members - tint).max(axis=1) > COLOUR_TOLERANCE).sum())
-    return off / len(sample)
+    counts = np.maximum(np.bincount(bins, minlength=COLOUR_LUMA_BINS), 1)
+    tint = np.stack([np.bincount(bins, chroma[:, k], COLOUR_LUMA_BINS) / counts
+                     for k in range(2)], axis=1)
+    off = np.abs(chroma - tint[bins]).max(axis=1) > COLOUR_TOLERANCE
+    return float(off.mean())
 
 
 def energy_score(logits: np.ndarray) -> np.ndarray:
