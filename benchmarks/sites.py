@@ -1,9 +1,10 @@
 """The site table: each trained model x each test set, for Keras and its int8 conversion.
 
 Test sets: the BUSI test split, BUS-BRA's test patients and BrEaST-Lesions_USG (another
-hospital, a test set only). Each model keeps the threshold validated on its own validation
-data (int8: re-chosen on its own validation outputs, as busi-convert does), so the figures show
-how a model holds up where it was not tuned. Also how often normals are still called normal,
+hospital, a test set only). Each model and variant is calibrated as the shipped models are
+(`edge_infer.calibration.fit_calibration`: temperature, then the high-sensitivity threshold, on
+its own outputs for its own validation data), so the figures show how a model holds up where it
+was not tuned. Also how often normals are still called normal,
 since BUS-BRA has no normal class and "normal" must not become "looks like BUSI".
 
     python -m benchmarks.sites NAME=RUN_DIR [NAME=RUN_DIR ...]
@@ -22,7 +23,7 @@ import numpy as np
 
 from benchmarks.evaluate import malignant_figures
 from benchmarks.external import load_external
-from edge_infer.calibration import choose_threshold
+from edge_infer.calibration import apply_temperature, fit_calibration
 from edge_infer.datasets import (
     BUS_BRA_SPLIT_FILENAME,
     load_images,
@@ -33,7 +34,7 @@ from edge_infer.datasets import (
     resolve_external_dir,
     split_files,
 )
-from edge_infer.spec import MALIGNANT_INDEX, NORMAL_INDEX
+from edge_infer.spec import NORMAL_INDEX
 from edge_infer.tflite_model import TFLiteModel
 
 REPORTS = Path(__file__).resolve().parent / "reports"
@@ -92,15 +93,17 @@ def model_rows(name: str, run_dir: Path, sets: dict, n_resamples: int) -> dict:
         }
         variants = {}
         for variant, predict in predictors.items():
-            threshold = choose_threshold(val_labels, predict(val_images)[:, MALIGNANT_INDEX])
+            fit = fit_calibration(predict(val_images), val_labels)
             cells = {}
             for test_set in TEST_SETS:
                 images, labels = sets[test_set]
-                probs = predict(images)
-                cells[test_set] = {**malignant_figures(labels, probs, threshold, n_resamples),
+                probs = apply_temperature(predict(images), fit.temperature)
+                cells[test_set] = {**malignant_figures(labels, probs, fit.threshold, n_resamples),
                                    **_normal_recall(labels, probs)}
-            variants[variant] = {"threshold": threshold, "sets": cells}
+            variants[variant] = {"threshold": fit.threshold, "temperature": fit.temperature,
+                                 "sets": cells}
     return {"name": name, "run": str(run_dir), "config": results["config"],
+            "validation": ["BUSI val"] + (["BUS-BRA val"] if results["config"]["bus_bra"] else []),
             "selection_score": results.get("selection_score"),
             "bus_bra_val_auc": results.get("bus_bra_val", {}).get("auc_benign_vs_malignant"),
             "busi_val_macro_f1": results["val"]["macro_f1"], "variants": variants}
@@ -123,7 +126,8 @@ def markdown(table: dict) -> str:
             cells = " | ".join(_cell(figures["sets"][s]) for s in TEST_SETS)
             lines.append(f"| {row['name']} | {variant} | {figures['threshold']:.3f} | {cells} |")
     lines += ["", "Cells: benign-vs-malignant AUROC [95 % bootstrap CI] · malignant sensitivity "
-              "/ specificity at the model's validated threshold T.", "",
+              "/ specificity at the model's validated threshold T (on temperature-calibrated "
+              "probabilities, both fitted on the model's validation data).", "",
               "| model | variant | BUSI normal recall | BrEaST normals called normal | "
               "lesions called normal (BUSI / BUS-BRA / BrEaST) |", "|---|---|---|---|---|"]
     for row in table["models"]:
