@@ -39,8 +39,10 @@ from benchmarks import ood_sets
 from benchmarks.metrics import detection_auroc
 from edge_infer.classifier import Classifier
 from edge_infer.datasets import (
+    BUS_BRA_SPLIT_FILENAME,
     SPLIT_FILENAME,
     models_dir,
+    read_split,
     resolve_bus_bra_dir,
     resolve_busi_dir,
     resolve_external_dir,
@@ -73,7 +75,8 @@ SETS: dict[str, str] = {
     "synthetic": "synthetic images (noise, flat, gradients, checkerboards, text, screenshots): OOD",
     "corrupted": "BUSI test images, heavily corrupted (noise, blur, negative, jigsaw, dark)",
     "breast_lesions_usg": "BrEaST-Lesions_USG: breast ultrasound of another hospital (info)",
-    "bus_bra": "BUS-BRA: breast ultrasound of another country and scanners (info)",
+    "bus_bra": "BUS-BRA test patients: breast ultrasound of another country and scanners "
+               "(info)",
 }
 OOD_SETS: tuple[str, ...] = ("package", "synthetic")
 OTHER_SITES: tuple[str, ...] = ("breast_lesions_usg", "bus_bra")
@@ -100,11 +103,14 @@ def evaluation_sets(root: Path, split_file: Path, external: Path | None,
     sets["synthetic"] = list(_generated(ood_sets.synthetic_images()[::stride]))
     sets["corrupted"] = _generated(ood_sets.corrupted_images(
         [path for _, path in busi["test"][::stride]]))
-    for name, folder in (("breast_lesions_usg", external), ("bus_bra", bus_bra)):
-        if folder is not None:
-            found = labelled_csv(folder / "labels.csv")
-            sets[name] = _files((path.relative_to(folder).as_posix(), path)
-                                for path, _ in found.items[::stride])
+    if external is not None:
+        found = labelled_csv(external / "labels.csv")
+        sets["breast_lesions_usg"] = _files((path.relative_to(external).as_posix(), path)
+                                            for path, _ in found.items[::stride])
+    if bus_bra is not None:  # test patients only: a model may be fitted on the others
+        rows = [r for r in read_split(split_file.parent / BUS_BRA_SPLIT_FILENAME)
+                if r.split == "test"]
+        sets["bus_bra"] = _files((row.file, bus_bra / row.file) for row in rows[::stride])
     return sets
 
 

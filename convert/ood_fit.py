@@ -1,10 +1,11 @@
 """`busi-ood-fit`: fit each shipped TFLite model's out-of-distribution check (edge_infer/ood.py)
 into models/<arch>-<variant>-ood.npz and the "ood" field of its manifest entry.
 
-The feature density is fitted on the pooled features of the BUSI training split, each variant
-from its own outputs (int8 features differ slightly from float ones); the feature threshold is
-then chosen on the validation split so that at most --false-alarm of its images are flagged (the
-colour check included). Run it after `busi-convert` (which writes entries without "ood") and
+The feature density is fitted on the pooled features of the BUSI training split (plus BUS-BRA's
+training patients for a model trained across sites), each variant from its own outputs (int8
+features differ slightly from float ones); the feature threshold is then chosen on the matching
+validation images so that at most --false-alarm of them are flagged (the colour check
+included). Run it after `busi-convert` (which writes entries without "ood") and
 `busi-calibrate`; re-running refits from the model files. Needs only the light runtime.
 """
 
@@ -19,7 +20,16 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from edge_infer.datasets import SPLIT_FILENAME, resolve_busi_dir, split_files
+from convert.validation import trained_on_bus_bra
+from edge_infer.datasets import (
+    BUS_BRA_SPLIT_FILENAME,
+    SPLIT_FILENAME,
+    SplitRow,
+    read_split,
+    resolve_bus_bra_dir,
+    resolve_busi_dir,
+    split_files,
+)
 from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.manifest import (
     MANIFEST_FILENAME,
@@ -54,17 +64,28 @@ class SplitImages:
     colour: np.ndarray
 
 
-def load_split(split: str, root: Path, split_file: Path) -> SplitImages:
-    """Decode every image of a split once: model input and colour score."""
-    rows = split_files(split, split_file)
+def load_rows(rows: list[SplitRow], root: Path, desc: str) -> SplitImages:
+    """Decode every image of some split rows once: model input and colour score."""
     images, colour = [], []
-    for row in tqdm(rows, desc=split, leave=False):
+    for row in tqdm(rows, desc=desc, leave=False):
         decoded = decode_image(root / row.file).image
         images.append(to_model_input(decoded))
         colour.append(colour_score(decoded))
     return SplitImages(np.stack(images),
                        np.array([CLASS_NAMES.index(row.label) for row in rows], np.int64),
                        np.array(colour))
+
+
+def load_split(split: str, root: Path, split_file: Path,
+               site_root: Path | None = None) -> SplitImages:
+    """A BUSI split, joined by BUS-BRA's patients of the same split when site_root is given."""
+    parts = [load_rows(split_files(split, split_file), root, f"BUSI {split}")]
+    if site_root is not None:
+        rows = [r for r in read_split(split_file.parent / BUS_BRA_SPLIT_FILENAME)
+                if r.split == split]
+        parts.append(load_rows(rows, site_root, f"BUS-BRA {split}"))
+    return SplitImages(*(np.concatenate([getattr(p, f) for p in parts])
+                         for f in ("images", "labels", "colour")))
 
 
 def pooled_features(model: TFLiteModel, images: np.ndarray, desc: str) -> np.ndarray:
@@ -83,7 +104,7 @@ def pooled_features(model: TFLiteModel, images: np.ndarray, desc: str) -> np.nda
               show_default=True, help="Principal directions of the feature covariance.")
 @click.option("--false-alarm", type=click.FloatRange(0.0, 0.5), default=TARGET_FALSE_ALARM,
               show_default=True,
-              help="Largest fraction of BUSI validation images the check may flag.")
+              help="Largest fraction of validation images the check may flag.")
 @click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
 @click.option("--threads", default=2, show_default=True, help="Interpreter threads.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -109,14 +130,21 @@ def main(arch: str | None, variants: str | None, components: int, false_alarm: f
             f"no TFLite model with a feature-map output for {arch or 'any architecture'} "
             f"{'named ' + ', '.join(missing) + ' ' if missing else ''}in {manifest_file} "
             f"(there are: {', '.join(fittable) or 'none'}; busi-convert makes them)")
-    data = {split: load_split(split, root, split_file) for split in ("train", "val")}
-    colour_flagged = data["val"].colour > COLOUR_THRESHOLD
+    loaded: dict[bool, dict[str, SplitImages]] = {}
     entries, split_sha256 = {}, sha256_of(split_file)
     for key in keys:
         try:
             entry = resolve_model(key, manifest_file)  # sha256-checked
-        except ModelError as err:
+            both_sites = trained_on_bus_bra(manifest_file, entry.info["arch"])
+            site_root = resolve_bus_bra_dir() if both_sites else None
+        except (ModelError, FileNotFoundError) as err:
             raise click.ClickException(str(err)) from None
+        if both_sites not in loaded:
+            loaded[both_sites] = {split: load_split(split, root, split_file, site_root)
+                                  for split in ("train", "val")}
+        data = loaded[both_sites]
+        colour_flagged = data["val"].colour > COLOUR_THRESHOLD
+        sites = "BUSI + BUS-BRA" if both_sites else "BUSI"
         model = TFLiteModel(entry.path, threads)
         features = {split: pooled_features(model, data[split].images, f"{key} {split}")
                     for split in data}
@@ -136,8 +164,8 @@ def main(arch: str | None, variants: str | None, components: int, false_alarm: f
             "colour_threshold": COLOUR_THRESHOLD, "target_false_alarm": false_alarm,
             "val_false_alarm": float(flagged.mean()), "val_flagged": int(flagged.sum()),
             "val_images": len(val_scores), "train_images": len(data["train"].labels),
-            "fitted_on": "pooled features of this model file on the BUSI train split",
-            "threshold_chosen_on": "BUSI val split", "split_sha256": split_sha256,
+            "fitted_on": f"pooled features of this model file on the {sites} train split",
+            "threshold_chosen_on": f"{sites} val split", "split_sha256": split_sha256,
             "model_sha256": entry.info["sha256"], "made_by": "busi-ood-fit",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }}
