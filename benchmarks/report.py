@@ -10,6 +10,7 @@ from benchmarks.calibration_markdown import SITE_HEADING, calibration_lines, sit
 from benchmarks.cam_markdown import CAM_HEADING, cam_section
 from benchmarks.ood_eval import HEADING as OOD_HEADING
 from benchmarks.ood_eval import ood_section
+from benchmarks.sites import sites_section
 from benchmarks.targets import INT8, KERAS_PREDICT, KERAS_TF_FUNCTION
 from edge_infer.spec import CLASS_NAMES
 
@@ -310,7 +311,7 @@ def onnx_section(results: dict) -> list[str]:
     lines += [f"- **{name}** not measured: {reason}"
               for name, reason in results["skipped"].items() if name.startswith("onnx-")]
     lines.append("- ONNX thresholds T are chosen on the validation split with "
-                 "`benchmarks.metrics.choose_threshold`, as the shipped models' were.")
+                 "`edge_infer.calibration.choose_threshold`, as the shipped models' were.")
     return lines + [""]
 
 
@@ -366,9 +367,9 @@ def _preamble(results: dict) -> list[str]:
 def markdown(results: dict) -> str:
     """The whole report as Markdown."""
     sections = (_preamble, headline, targets_section, accuracy_section, per_class_section,
-                confusion_section, external_section, latency_section, resources_section,
-                calibration_section, site_lines, cam_section, ood_section, onnx_section,
-                method_section, machine_section)
+                confusion_section, external_section, sites_section, latency_section,
+                resources_section, calibration_section, site_lines, cam_section, ood_section,
+                onnx_section, method_section, machine_section)
     return "\n".join(line for section in sections for line in section(results))
 
 

@@ -28,6 +28,7 @@ from benchmarks.latency import run_worker
 from benchmarks.machine import machine_info
 from benchmarks.onnx_variant import OnnxUnavailable, export_fp32, quantize_int8
 from benchmarks.ood_eval import bus_bra_if_present, ood_results
+from benchmarks.sites import committed_table
 from benchmarks.targets import check_targets, latency_ratios, resource_ratios
 from benchmarks.variants import KerasRunner, OnnxRunner, TFLiteRunner, VariantSpec
 from edge_infer.calibration import apply_temperature, fit_calibration
@@ -238,6 +239,7 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
         "site_simulation": site_simulation,
         "cam": heatmaps,
         "ood": ood,
+        "sites": committed_table(),
         "skipped": skipped,
         "onnx": onnx_notes,
         "latency": latency,

@@ -141,6 +141,27 @@ def markdown(table: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SITES_HEADING = "## Across sites: each trained model on each hospital's test set"
+
+
+def committed_table(folder: Path = REPORTS) -> dict | None:
+    """The site table last written by `python -m benchmarks.sites` (it needs the training
+    runs, so the benchmark report includes it rather than recomputing it)."""
+    path = folder / "sites.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def sites_section(results: dict) -> list[str]:
+    """The benchmark report's section: the committed site table, or why it is absent."""
+    table = results.get("sites")
+    lines = [SITES_HEADING, ""]
+    if not table:
+        return lines + ["Not available: run `python -m benchmarks.sites NAME=RUN_DIR ...`.", ""]
+    counts = ", ".join(f"{name} {n}" for name, n in table["test_sets"].items())
+    return lines + [f"Test images: {counts}. Written by `python -m benchmarks.sites` "
+                    "(`benchmarks/reports/sites.json`).", "", markdown(table)]
+
+
 @click.command(help=__doc__)
 @click.argument("runs", nargs=-1, required=True, metavar="NAME=RUN_DIR...")
 @click.option("--resamples", default=1000, show_default=True, help="Bootstrap resamples.")

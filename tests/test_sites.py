@@ -1,0 +1,46 @@
+"""The site table in the benchmark report: its figures for the shipped default model are what
+the shipped int8 model gives now, through the runtime, on BUS-BRA's test patients."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.metrics import auc_benign_vs_malignant
+from edge_infer.classifier import Classifier
+from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, load_images, models_dir, read_split
+from edge_infer.spec import MALIGNANT_INDEX
+
+SITES_REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "reports" / "sites.json"
+
+
+@pytest.fixture(scope="module")
+def shipped_row(manifest: dict) -> dict:
+    table = json.loads(SITES_REPORT.read_text())
+    trained = manifest["models"][f"{manifest['default_arch']}/keras"]["training"]["config"]
+    rows = [row for row in table["models"] if row["config"] == trained]
+    assert rows, "the site table has no row for the shipped default model: rerun benchmarks.sites"
+    return rows[0]
+
+
+def test_site_table_matches_the_shipped_int8_on_bus_bra_test(shipped_row, bus_bra_root):
+    rows = [r for r in read_split(models_dir() / BUS_BRA_SPLIT_FILENAME) if r.split == "test"]
+    images, labels = load_images(rows, bus_bra_root)
+    classifier = Classifier("int8", threads=2)
+    probs = np.stack([classifier.probabilities(image) for image in images])
+    reported = shipped_row["variants"]["int8"]["sets"]["BUS-BRA test"]
+    assert reported["n"] == len(rows) == 81
+    auc = auc_benign_vs_malignant(labels, probs[:, MALIGNANT_INDEX])
+    assert auc == pytest.approx(reported["auc_benign_vs_malignant"]["value"], abs=0.01)
+    called = probs[:, MALIGNANT_INDEX] >= classifier.threshold
+    sensitivity = called[labels == MALIGNANT_INDEX].mean()
+    assert sensitivity == pytest.approx(reported["high_sensitivity"]["sensitivity"], abs=0.04)
+
+
+def test_site_table_says_which_validation_each_threshold_came_from(shipped_row):
+    assert shipped_row["validation"] == ["BUSI val", "BUS-BRA val"]
+    for figures in shipped_row["variants"].values():
+        assert 0 < figures["threshold"] < 1 and figures["temperature"] > 0
