@@ -240,9 +240,10 @@ def ood_section(results: dict) -> list[str]:
         "every flag there is a false alarm on real breast ultrasound): "
         + ", ".join(f"{name} {sets[name]['n']} images" for name in OTHER_SITES if name in sets)
         + ".", "",
-        f"Shipped check: {section['fitted_on']}, thresholds chosen on the "
-        f"{section['threshold_chosen_on']} for ≤ {section['target_false_alarm']:.0%} false "
-        "alarms "
+        "Shipped check: "
+        f"{section.get('fitted_on', 'pooled features of the training split')}, thresholds "
+        f"chosen on the {section.get('threshold_chosen_on', 'validation split')} for ≤ "
+        f"{section['target_false_alarm']:.0%} false alarms "
         "(`busi-ood-fit`); energy and max-softmax get thresholds on validation by the same rule. "
         "Flagged = score above the threshold. AUROC: BUSI test against OOD (against corrupted "
         "in brackets).", ""]
