@@ -43,9 +43,10 @@ def calibration_lines(results: dict) -> list[str]:
                      _with_interval(high, "specificity")])
     counts = results["data"]["class_counts"]
     return [CALIBRATION_HEADING, "",
-            "Temperature scaling: p → softmax(log p / T), one T per variant fitted on the BUSI "
-            "validation split from the variant's own outputs (int8: its dequantized uint8 "
-            "probabilities) by minimising the negative log-likelihood (`busi-calibrate`; "
+            "Temperature scaling: p → softmax(log p / T), one T per variant fitted on the "
+            "model's validation data (BUSI's split, plus BUS-BRA's validation patients for a "
+            "model trained across sites) from the variant's own outputs (int8: its dequantized "
+            "uint8 probabilities) by minimising the negative log-likelihood (`busi-calibrate`; "
             "`edge_infer.calibration`). Every result of the runtime, CLI, server and this "
             "benchmark uses the calibrated probabilities; the uncertain flag and the "
             "high-sensitivity threshold T are defined on them, and T is re-chosen on the "
@@ -88,7 +89,7 @@ def site_lines(results: dict) -> list[str]:
     for run in site["runs"]:
         profile = run["profile"]
         for label, figures, temperature, threshold in (
-                ("shipped (BUSI val)", run["shipped"], site["shipped"]["temperature"],
+                ("shipped", run["shipped"], site["shipped"]["temperature"],
                  site["shipped"]["threshold"]),
                 (f"site profile from half {run['fit_half']}", run["site"],
                  profile["temperature"], profile["threshold"])):

@@ -131,7 +131,7 @@ def spec_calibrations(specs: dict) -> dict[str, dict]:
     def source(spec) -> str:
         if spec.runtime == "onnx":
             return "BUSI val, fitted here"
-        return "BUSI val (manifest)" if spec.temperature is not None else \
+        return "its validation data (manifest)" if spec.temperature is not None else \
             "none in the manifest (run busi-calibrate)"
     return {name: {"temperature": spec.temperature, "threshold": spec.threshold,
                    "source": source(spec)} for name, spec in specs.items()}
