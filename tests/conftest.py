@@ -45,3 +45,22 @@ def bus_bra_root() -> Path:
         return resolve_bus_bra_dir()
     except FileNotFoundError as err:
         pytest.skip(f"BUS-BRA absent: {err}")
+
+
+@pytest.fixture(scope="session")
+def not_ultrasound(tmp_path_factory: pytest.TempPathFactory, classifier: Classifier) -> Path:
+    """A grey text or screenshot-like image (synthetic, no download) that the shipped int8
+    model's check flags: the CLI, API and page tests need one it refuses (the detection rates
+    are tested apart, against the report)."""
+    from benchmarks.ood_sets import synthetic_images
+
+    if classifier.ood is None:
+        pytest.fail(f"{classifier.entry.key} has no OOD check in the manifest: run busi-ood-fit")
+    folder = tmp_path_factory.mktemp("ood")
+    for named in synthetic_images():
+        if "text" in named.name or "screenshot" in named.name:
+            path = folder / f"{named.name.split('/')[-1]}.png"
+            named.image.save(path)
+            if classifier.result(path)["in_distribution"] is False:
+                return path
+    raise AssertionError("the shipped check flags no synthetic text or screenshot image")

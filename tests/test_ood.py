@@ -175,15 +175,6 @@ def checked(classifier: Classifier) -> Classifier:
 
 
 @pytest.fixture(scope="module")
-def not_ultrasound(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A grey screenshot-like image (synthetic, no download): not a breast ultrasound."""
-    named = next(n for n in ood_sets.synthetic_images() if n.name == "synthetic/text-20px")
-    path = tmp_path_factory.mktemp("ood") / "screenshot.png"
-    named.image.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def scan(busi_root: Path, checked: Classifier) -> Path:
     """A BUSI test image the shipped check passes."""
     for row in split_files("test"):

@@ -467,15 +467,10 @@ def test_heatmap_in_headless_chromium(live_url: str, images: list[Path], classif
 
 
 def test_not_ultrasound_in_headless_chromium(live_url: str, classifier: Classifier,
-                                             tmp_path: Path) -> None:
+                                             not_ultrasound: Path, tmp_path: Path) -> None:
     """An image that is not breast ultrasound: the page says so plainly and gives no label;
     ticking 'label anyway' shows the label under the same warning."""
-    if classifier.ood is None:
-        pytest.fail(f"{classifier.entry.key} has no OOD check in the manifest: run busi-ood-fit")
-    from benchmarks.ood_sets import synthetic_images
-
-    path = tmp_path / "screenshot.png"
-    next(n for n in synthetic_images() if n.name == "synthetic/text-20px").image.save(path)
+    path = not_ultrasound
     with _headless_chromium(tmp_path) as driver:
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
