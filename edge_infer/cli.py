@@ -281,6 +281,11 @@ def info(as_json: bool) -> None:
                    f"{'—' if temperature is None else f'{temperature:.3f}':>6} "
                    f"{figures.get('accuracy', float('nan')):8.3f} "
                    f"{'' if agreement is None else f'{agreement:6.3f}':>6}  {entry['file']}")
+    for key, entry in manifest["models"].items():
+        missed = entry.get("verification", {}).get("targets_missed")
+        if missed:
+            click.echo(f"note: {key} was shipped although it misses {', '.join(missed)} "
+                       "(busi-convert --accept-missed-targets)")
 
 
 def _load_evaluation(plots: bool) -> ModuleType:

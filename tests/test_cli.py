@@ -394,8 +394,13 @@ def test_classifier_refuses_a_file_whose_sha256_differs(manifest: dict, tmp_path
 def test_info_lists_every_manifest_key(manifest: dict) -> None:
     result = run("info")
     assert_exit(result, 0)
-    listed = [line.split()[0] for line in result.stdout.splitlines()[2:]]
+    lines = result.stdout.splitlines()[2:]
+    listed = [line.split()[0] for line in lines if not line.startswith("note:")]
     assert listed == list(manifest["models"])
+    missed = [key for key, entry in manifest["models"].items()
+              if entry.get("verification", {}).get("targets_missed")]
+    noted = [line.split()[1] for line in lines if line.startswith("note:")]
+    assert noted == missed  # a model shipped despite a missed target is never silent
 
 
 def test_info_json_is_the_manifest(manifest: dict) -> None:
