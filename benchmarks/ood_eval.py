@@ -39,10 +39,9 @@ from benchmarks import ood_sets
 from benchmarks.metrics import detection_auroc
 from edge_infer.classifier import Classifier
 from edge_infer.datasets import (
-    BUS_BRA_SPLIT_FILENAME,
     SPLIT_FILENAME,
+    bus_bra_split_files,
     models_dir,
-    read_split,
     resolve_bus_bra_dir,
     resolve_busi_dir,
     resolve_external_dir,
@@ -108,8 +107,7 @@ def evaluation_sets(root: Path, split_file: Path, external: Path | None,
         sets["breast_lesions_usg"] = _files((path.relative_to(external).as_posix(), path)
                                             for path, _ in found.items[::stride])
     if bus_bra is not None:  # test patients only: a model may be fitted on the others
-        rows = [r for r in read_split(split_file.parent / BUS_BRA_SPLIT_FILENAME)
-                if r.split == "test"]
+        rows = bus_bra_split_files("test", split_file.parent)
         sets["bus_bra"] = _files((row.file, bus_bra / row.file) for row in rows[::stride])
     return sets
 

@@ -25,10 +25,8 @@ from benchmarks.evaluate import malignant_figures
 from benchmarks.external import load_external
 from edge_infer.calibration import apply_temperature, fit_calibration
 from edge_infer.datasets import (
-    BUS_BRA_SPLIT_FILENAME,
+    bus_bra_split_files,
     load_images,
-    models_dir,
-    read_split,
     resolve_bus_bra_dir,
     resolve_busi_dir,
     resolve_external_dir,
@@ -45,15 +43,14 @@ def load_sets(stride: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(uint8 images, labels) of BUSI validation (for int8 calibration and thresholds), and of
     each test set."""
     busi = resolve_busi_dir()
-    site_rows = read_split(models_dir() / BUS_BRA_SPLIT_FILENAME)
     external = load_external(resolve_external_dir(), stride)
     return {
         "BUSI val": load_images(split_files("val"), busi, desc="BUSI val"),
-        "BUS-BRA val": load_images([r for r in site_rows if r.split == "val"],
-                                   resolve_bus_bra_dir(), desc="BUS-BRA val"),
+        "BUS-BRA val": load_images(bus_bra_split_files("val"), resolve_bus_bra_dir(),
+                                   desc="BUS-BRA val"),
         "BUSI test": load_images(split_files("test"), busi, desc="BUSI test"),
-        "BUS-BRA test": load_images([r for r in site_rows if r.split == "test"],
-                                    resolve_bus_bra_dir(), desc="BUS-BRA test"),
+        "BUS-BRA test": load_images(bus_bra_split_files("test"), resolve_bus_bra_dir(),
+                                    desc="BUS-BRA test"),
         "BrEaST": (external["images"], external["labels"]),
     }
 

@@ -22,10 +22,9 @@ from tqdm import tqdm
 
 from convert.validation import trained_on_bus_bra
 from edge_infer.datasets import (
-    BUS_BRA_SPLIT_FILENAME,
     SPLIT_FILENAME,
     SplitRow,
-    read_split,
+    bus_bra_split_files,
     resolve_bus_bra_dir,
     resolve_busi_dir,
     split_files,
@@ -81,9 +80,8 @@ def load_split(split: str, root: Path, split_file: Path,
     """A BUSI split, joined by BUS-BRA's patients of the same split when site_root is given."""
     parts = [load_rows(split_files(split, split_file), root, f"BUSI {split}")]
     if site_root is not None:
-        rows = [r for r in read_split(split_file.parent / BUS_BRA_SPLIT_FILENAME)
-                if r.split == split]
-        parts.append(load_rows(rows, site_root, f"BUS-BRA {split}"))
+        parts.append(load_rows(bus_bra_split_files(split, split_file.parent), site_root,
+                               f"BUS-BRA {split}"))
     return SplitImages(*(np.concatenate([getattr(p, f) for p in parts])
                          for f in ("images", "labels", "colour")))
 

@@ -14,8 +14,8 @@ import numpy as np
 from edge_infer.datasets import (
     BUS_BRA_SPLIT_FILENAME,
     SPLIT_FILENAME,
+    bus_bra_split_files,
     load_images,
-    read_split,
     resolve_bus_bra_dir,
     resolve_busi_dir,
     split_files,
@@ -40,8 +40,8 @@ def validation_set(manifest_file: Path, arch: str, busi_dir: str | None = None,
     described = {"sets": ["BUSI val"], "splits": {busi_split.name: sha256_of(busi_split)}}
     if trained_on_bus_bra(manifest_file, arch):
         site_split = folder / BUS_BRA_SPLIT_FILENAME
-        rows = [row for row in read_split(site_split) if row.split == "val"]
-        site_images, site_labels = load_images(rows, resolve_bus_bra_dir(bus_bra_dir),
+        site_images, site_labels = load_images(bus_bra_split_files("val", folder),
+                                               resolve_bus_bra_dir(bus_bra_dir),
                                                desc="BUS-BRA val")
         images = np.concatenate([images, site_images])
         labels = np.concatenate([labels, site_labels])

@@ -123,6 +123,16 @@ site_option = click.option(
          "the shipped ones (refused if fitted for another model file).")
 quiet_option = click.option("--quiet", "-q", is_flag=True,
                             help="No notes or progress bar; errors only.")
+def labelled_images(command: Callable) -> Callable:
+    """The labelled images a command reads: a folder per class, or --labels CSV."""
+    command = click.option(
+        "--labels", "labels_file", metavar="CSV",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A CSV with file,label columns (files relative to the CSV), instead of DIR.")(command)
+    return click.argument("path", required=False, metavar="[DIR]",
+                          type=click.Path(exists=True, file_okay=False, path_type=Path))(command)
+
+
 heatmap_option = click.option(
     "--heatmap", "heatmap", metavar="OUT.png", type=click.Path(dir_okay=False, path_type=Path),
     help="Write the image (one only) with the model's class activation map overlaid: where "
@@ -306,11 +316,7 @@ def _load_evaluation(plots: bool) -> ModuleType:
 
 
 @main.command()
-@click.argument("path", required=False, metavar="[DIR]",
-                type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--labels", "labels_file", metavar="CSV",
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A CSV with file,label columns (files relative to the CSV), instead of DIR.")
+@labelled_images
 @model_option
 @mode_option
 @threshold_option
@@ -436,11 +442,7 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
 
 
 @main.command()
-@click.argument("path", required=False, metavar="[DIR]",
-                type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--labels", "labels_file", metavar="CSV",
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A CSV with file,label columns (files relative to the CSV), instead of DIR.")
+@labelled_images
 @click.option("--out", "out", required=True, metavar="PROFILE.json",
               type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the site profile.")

@@ -19,11 +19,12 @@ MODELS_ENV = "EDGE_INFER_MODELS"
 BUSI_DEFAULT = Path("..") / "shared" / "datasets" / "busi" / "Dataset_BUSI_with_GT"
 EXTERNAL_ENV = "BREAST_LESIONS_DIR"
 EXTERNAL_DEFAULT = Path("..") / "shared" / "datasets" / "breast_lesions_usg"
-EXTERNAL_LABELS = "labels.csv"
+LABELS_FILENAME = "labels.csv"
+EXTERNAL_LABELS = LABELS_FILENAME
 SPLIT_FILENAME = "busi_split.csv"
 BUS_BRA_ENV = "BUS_BRA_DIR"
 BUS_BRA_DEFAULT = Path("..") / "shared" / "datasets" / "bus_bra"
-BUS_BRA_LABELS = "labels.csv"
+BUS_BRA_LABELS = LABELS_FILENAME
 BUS_BRA_SPLIT_FILENAME = "bus_bra_split.csv"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -74,29 +75,28 @@ def resolve_busi_dir(path: str | os.PathLike | None = None) -> Path:
     )
 
 
+def _labelled_dir(path: str | os.PathLike | None, env: str, default: Path, name: str) -> Path:
+    """The first candidate folder (see _candidate_dirs) holding a labels.csv."""
+    candidates = _candidate_dirs(path, env, default)
+    for candidate in candidates:
+        if (candidate / LABELS_FILENAME).is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"{name} not found (no {LABELS_FILENAME} in {tried}); "
+                            f"pass its folder or set {env}")
+
+
 def resolve_external_dir(path: str | os.PathLike | None = None) -> Path:
     """The external test set (BrEaST-Lesions_USG, a folder with labels.csv): the given path,
     else $BREAST_LESIONS_DIR, else ../shared/... from the project root. A test set only: never
     train, calibrate or choose thresholds or models on it."""
-    candidates = _candidate_dirs(path, EXTERNAL_ENV, EXTERNAL_DEFAULT)
-    for candidate in candidates:
-        if (candidate / EXTERNAL_LABELS).is_file():
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"external test set not found (no {EXTERNAL_LABELS} in {tried}); "
-                            f"pass its folder or set {EXTERNAL_ENV}")
+    return _labelled_dir(path, EXTERNAL_ENV, EXTERNAL_DEFAULT, "external test set")
 
 
 def resolve_bus_bra_dir(path: str | os.PathLike | None = None) -> Path:
     """The BUS-BRA folder (a second site for training and validation, split by patient): the
     given path, else $BUS_BRA_DIR, else ../shared/... from the project root."""
-    candidates = _candidate_dirs(path, BUS_BRA_ENV, BUS_BRA_DEFAULT)
-    for candidate in candidates:
-        if (candidate / BUS_BRA_LABELS).is_file():
-            return candidate
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(f"BUS-BRA not found (no {BUS_BRA_LABELS} in {tried}); "
-                            f"pass its folder or set {BUS_BRA_ENV}")
+    return _labelled_dir(path, BUS_BRA_ENV, BUS_BRA_DEFAULT, "BUS-BRA")
 
 
 def is_mask_file(name: str) -> bool:
@@ -137,6 +137,12 @@ def split_files(split: str, path: str | os.PathLike | None = None) -> list[Split
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return [row for row in read_split(path) if row.split == split]
+
+
+def bus_bra_split_files(split: str, folder: str | os.PathLike | None = None) -> list[SplitRow]:
+    """The BUS-BRA patients of one split, from the split manifest in folder (default: the
+    shipped models folder)."""
+    return split_files(split, Path(folder or models_dir()) / BUS_BRA_SPLIT_FILENAME)
 
 
 def load_images(rows: list[SplitRow], root: str | os.PathLike,

@@ -33,9 +33,7 @@ from edge_infer.calibration import (
 from edge_infer.classifier import Classifier
 from edge_infer.cli import main
 from edge_infer.datasets import (
-    BUS_BRA_SPLIT_FILENAME,
-    models_dir,
-    read_split,
+    bus_bra_split_files,
     resolve_bus_bra_dir,
     resolve_external_dir,
     split_files,
@@ -336,9 +334,7 @@ def test_calibrating_on_the_validation_images_gives_the_manifests_temperature(
     rows = [(busi_root / row.file, row.label) for row in split_files("val")]
     if trained_on_bus_bra(manifest_path(), manifest["default_arch"]):
         site_root = resolve_bus_bra_dir()
-        rows += [(site_root / row.file, row.label)
-                 for row in read_split(models_dir() / BUS_BRA_SPLIT_FILENAME)
-                 if row.split == "val"]
+        rows += [(site_root / row.file, row.label) for row in bus_bra_split_files("val")]
     table = tmp_path / "val.csv"
     table.write_text("file,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
     out = tmp_path / "busi_val.json"

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks.metrics import auc_benign_vs_malignant
 from edge_infer.classifier import Classifier
-from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, load_images, models_dir, read_split
+from edge_infer.datasets import bus_bra_split_files, load_images
 from edge_infer.spec import MALIGNANT_INDEX
 
 SITES_REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "reports" / "sites.json"
@@ -27,7 +27,7 @@ def shipped_row(manifest: dict) -> dict:
 
 
 def test_site_table_matches_the_shipped_int8_on_bus_bra_test(shipped_row, bus_bra_root):
-    rows = [r for r in read_split(models_dir() / BUS_BRA_SPLIT_FILENAME) if r.split == "test"]
+    rows = bus_bra_split_files("test")
     images, labels = load_images(rows, bus_bra_root)
     classifier = Classifier("int8", threads=2)
     probs = np.stack([classifier.probabilities(image) for image in images])
