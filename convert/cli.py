@@ -138,7 +138,7 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
                                  path.with_name(path.name + ".1out.tmp")), probs)
         size = candidate.stat().st_size
         size_ratio = baseline_bytes / size
-        targets = targets_for(arch, variant)
+        targets = targets_for(variant)
         failures = (check_targets(targets, report, keras_report, size_ratio)
                     + check_feature_output(variant, extra_output))
         click.echo(_line(variant, report) + f"  size {size / 1e6:.1f} MB "
