@@ -107,9 +107,9 @@ def site_lines(results: dict) -> list[str]:
              f"{site['seed']}; images normal / benign / malignant: {halves}). A site profile "
              "(temperature + threshold for malignant sensitivity ≥ 0.95, exactly what "
              "`edge-infer calibrate` fits) is fitted on one half and tested on the other, both "
-             "ways, beside the shipped BUSI-validated temperature and threshold on the same "
-             "half. This is the only use of BrEaST for fitting; no fit sees the half it is "
-             "tested on.", "",
+             "ways, beside the shipped temperature and threshold (fitted on the model's "
+             "validation data) on the same half. This is the only use of BrEaST for fitting; "
+             "no fit sees the half it is tested on.", "",
              f"Target: malignant sensitivity ≥ {site['target_sensitivity']:.2f} on the other "
              f"half with the site profile — **{verdict}**.", "",
              *_table(["Fit → test half", "Calibration", "Temperature", "T",

@@ -85,7 +85,8 @@ def _profile_summary(profile: dict) -> dict:
 def site_simulation(root: Path, data: dict, raw_predict: Callable[[np.ndarray], np.ndarray],
                     shipped: Calibration, model: dict, n_resamples: int) -> dict:
     """Fit a site profile on one half of the external images and test it on the other, both
-    ways, beside the shipped (BUSI-validated) temperature and threshold on the same half.
+    ways, beside the shipped temperature and threshold (from the model's validation data) on the
+    same half.
     `data`: the external set as `benchmarks.external.load_external` gives it."""
     labels, raw = data["labels"], raw_predict(data["images"])
     halves = dict(zip("AB", case_halves(root, data["files"], labels)))

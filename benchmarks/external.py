@@ -1,9 +1,9 @@
 """The external-hospital test: BrEaST-Lesions_USG, beside the BUSI test split.
 
-A test set only: nothing is trained, calibrated or chosen on it. Each model keeps the threshold
-validated on BUSI (from the manifest), so the figures show how a BUSI-trained model holds up on
-another hospital's scanners. The figures are `benchmarks.evaluate.malignant_figures`, the ones
-`edge-infer evaluate` prints for the same images.
+A test set only: nothing is trained, calibrated or chosen on it. Each model keeps the temperature
+and threshold of its manifest entry (fitted on its own validation data), so the figures show how
+the model holds up on another hospital's scanners. The figures are
+`benchmarks.evaluate.malignant_figures`, the ones `edge-infer evaluate` prints for the same images.
 """
 
 from __future__ import annotations

@@ -220,8 +220,9 @@ def external_section(results: dict) -> list[str]:
     return [HEADINGS[5], "",
             f"{external['name']}: {external['n']} images ({counts}){subset} from another "
             "hospital and other scanners than BUSI, tested as shipped: nothing is trained, "
-            "calibrated or chosen on it, and each model keeps the threshold T validated on "
-            "BUSI (manifest). Source: " + external["citation"] + ".", "",
+            "calibrated or chosen on it, and each model keeps the temperature and threshold T "
+            "fitted on its own validation data (manifest). Source: "
+            + external["citation"] + ".", "",
             "AUROC: P(malignant), malignant against benign images (normals left out). "
             "Sensitivity: malignant images called malignant; specificity: all other images "
             "(normals included) not called malignant; by argmax, and in high-sensitivity mode "

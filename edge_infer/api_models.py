@@ -75,10 +75,10 @@ class Prediction(BaseModel):
         description="false: the image does not look like a breast ultrasound (its probabilities "
                     "should not be trusted); null: the model has no fitted check.")
     ood_score: Optional[float] = Field(
-        description="Feature distance to the BUSI training scans (about 1 for them).")
+        description="Feature distance to the model's training scans (about 1 for them).")
     ood_threshold: Optional[float] = Field(
-        description="Above it the image is out of distribution (chosen on BUSI validation "
-                    "images for <= 2 % false alarms).")
+        description="Above it the image is out of distribution (chosen on the model's "
+                    "validation images for <= 2 % false alarms).")
     colour_score: Optional[float] = Field(
         description="Fraction of pixels coloured off the image's own tint (ultrasound: ~0).")
     ood_reasons: list[str] = Field(description="Why the image was flagged, in words.")

@@ -3,10 +3,10 @@ no scipy or scikit-learn).
 
 A model's probabilities p become softmax(log p / T): T > 1 softens over-confident outputs,
 T < 1 sharpens them, and the class order of each image never changes. T is fitted by minimising
-the negative log-likelihood on labelled images (the BUSI validation split for a shipped model,
-a clinic's own images for a site profile); the threshold is then chosen on the calibrated
-probabilities. Every tool applies T through `apply_temperature`, so every figure is of the
-same probabilities.
+the negative log-likelihood on labelled images (a shipped model's validation data, listed in its
+manifest entry's `temperature_fit`; a clinic's own images for a site profile); the threshold is
+then chosen on the calibrated probabilities. Every tool applies T through `apply_temperature`,
+so every figure is of the same probabilities.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ SHIPPED = "shipped"
 
 
 def shipped_calibration(info: dict) -> Calibration:
-    """A manifest entry's own temperature (fitted on BUSI validation) and threshold."""
+    """A manifest entry's own temperature and threshold (fitted on its validation data)."""
     temperature = info.get("temperature")
     return Calibration(None if temperature is None else float(temperature),
                        float(info["threshold"]), SHIPPED)

@@ -31,8 +31,8 @@ class Classifier:
 
     `model` is a variant ('int8', 'float16', 'float32'), a manifest key
     ('efficientnet-lite0/int8') or a path to a model file listed in the manifest. Its
-    outputs go through the temperature and threshold of the manifest entry (fitted on BUSI
-    validation images), or of the site profile `site` (`edge-infer calibrate`) if given.
+    outputs go through the temperature and threshold of the manifest entry (fitted on the
+    model's validation images), or of the site profile `site` (`edge-infer calibrate`) if given.
     """
 
     def __init__(self, model: str = "int8", threads: int = 1,
@@ -81,7 +81,7 @@ class Classifier:
     @property
     def threshold(self) -> float:
         """The high-sensitivity threshold on calibrated probabilities: the site profile's, or
-        the model's own chosen on BUSI validation data."""
+        the model's own chosen on its validation data."""
         return self.calibration.threshold
 
     def calibrated(self, probs: np.ndarray) -> np.ndarray:

@@ -16,8 +16,9 @@ Two cheap checks, on what the runtime already has:
   many, a tinted scan almost none. It reads the decoded RGB image
   (`edge_infer.preprocess.decode_image`), since the model input is luma only.
 
-The parameters are fitted on the BUSI training split and the feature threshold is chosen on the
-validation split for a stated false-alarm rate (`busi-ood-fit`, convert/ood_fit.py); both live
+The parameters are fitted on the model's training split (BUSI, plus BUS-BRA's training patients
+for a model trained on both) and the feature threshold is chosen on the matching validation
+images for a stated false-alarm rate (`busi-ood-fit`, convert/ood_fit.py); both live
 beside the model, in a sidecar .npz and its manifest entry ("ood"), checked by sha256 on load.
 `energy_score` and `max_softmax_score` are the logit-based scores the benchmark compares against.
 """
@@ -38,7 +39,7 @@ from edge_infer.manifest import ModelError, checked_sidecar
 FEATURE_METHOD = "ppca-mahalanobis-l2"
 COLOUR_METHOD = "off-tint-fraction"
 DEFAULT_COMPONENTS = 64
-TARGET_FALSE_ALARM = 0.02  # of in-distribution (BUSI validation) images
+TARGET_FALSE_ALARM = 0.02  # of in-distribution (validation) images
 COLOUR_THRESHOLD = 0.05  # off-tint pixel fraction; BUSI's highest is about 0.01
 COLOUR_SAMPLES = 96  # the colour check reads about this many pixels along each side
 COLOUR_LUMA_BINS = 16

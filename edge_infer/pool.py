@@ -14,7 +14,7 @@ from edge_infer.classifier import Classifier
 from edge_infer.decision import Decision, Mode
 from edge_infer.manifest import ModelEntry
 from edge_infer.ood import OodCheck
-from edge_infer.preprocess import ImageSource, decode_image, preprocess_image, to_model_input
+from edge_infer.preprocess import ImageSource, decode_image, to_model_input
 
 
 class ClassifierPool:
@@ -43,19 +43,12 @@ class ClassifierPool:
         finally:
             self._idle.put(classifier)
 
-    def classify(self, source: ImageSource, mode: Mode = "argmax",
-                 threshold: float | None = None) -> Decision:
-        """Decode and preprocess (no interpreter needed), then classify on a free Classifier."""
-        image = preprocess_image(source)
-        with self.borrow() as classifier:
-            return classifier.classify_array(image, mode, threshold)
-
     def classify_checked(self, source: ImageSource, mode: Mode = "argmax",
                          threshold: float | None = None, heatmap: bool = False,
                          ) -> tuple[Decision, OodCheck | None, Image.Image | None]:
-        """`classify`, plus the check that the image looks like a breast ultrasound
-        (edge_infer/ood.py) and, if asked, the decoded image with the predicted class's
-        heat-map overlaid."""
+        """Decode (no interpreter needed), then on a free Classifier: the decision, the check
+        that the image looks like a breast ultrasound (edge_infer/ood.py) and, if asked, the
+        decoded image with the predicted class's heat-map overlaid."""
         decoded = decode_image(source)
         image = to_model_input(decoded.image)
         with self.borrow() as classifier:

@@ -1,8 +1,9 @@
 """The web app: an upload page and a JSON API over a pool of edge classifiers.
 
 Results use the CLI's code path and schema (decode_image -> to_model_input ->
-Classifier.classify_array -> decide) and inference runs in worker threads, so the event loop
-is never blocked and no two requests share an interpreter. `edge-infer serve` runs it.
+Classifier.run_array -> decide_output, plus the out-of-distribution check) and inference runs
+in worker threads, so the event loop is never blocked and no two requests share an
+interpreter. `edge-infer serve` runs it.
 """
 
 import os
