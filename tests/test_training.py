@@ -113,6 +113,7 @@ def test_a_seconds_long_fit_saves_a_working_model(busi_root, split_rows, tmp_pat
     config = TrainConfig(head_epochs=1, finetune_epochs=1, limit=3, batch_size=4)
     results = fit(config, split_rows, busi_root, tmp_path)
     assert results["counts"] == {"train": 9, "val": 9, "test": 9}
+    assert results["trained_on"] == {"train": 9, "val": 9}  # BUSI only: the same images
     assert 0.0 <= results["threshold"] <= 1.0
     assert set(json.loads((tmp_path / "history.json").read_text())) == {"head", "finetune"}
     model = keras.models.load_model(tmp_path / "model.keras")
@@ -178,6 +179,8 @@ def test_a_seconds_long_fit_with_a_second_site(busi_root, bus_bra_root, split_ro
                          site_levers=True)
     results = fit(config, split_rows, busi_root, tmp_path, site)
     assert results["bus_bra_val"]["n"] == 4 and results["bus_bra_test"]["n"] == 4
+    assert results["trained_on"] == {"train": results["counts"]["train"] + 4,  # both sites
+                                     "val": results["counts"]["val"] + 4}
     assert "bus_bra_heldout" not in results  # trained on BUS-BRA: nothing of it is held out
     assert "BUS-BRA" in results["threshold_rule"]
     assert results["selection_score"] == pytest.approx(

@@ -26,6 +26,7 @@ def keras_entry(run_dir: Path, model_file: Path) -> dict:
         "threshold_rule": results.get(
             "threshold_rule", "highest T with malignant recall >= 0.95 on the validation split"),
         "training": {"config": config, "counts": results["counts"],
+                     **({"trained_on": results["trained_on"]} if "trained_on" in results else {}),
                      "train_seconds": results["train_seconds"], **_site_split(config)},
         "metrics": {name: value for name, value in results.items()
                     if name in ("val", "test", "selection_score") or name.startswith("bus_bra_")},

@@ -280,7 +280,8 @@ def evaluate(model: keras.Model, config: TrainConfig, data: RunData, site: Site 
         return model.predict(images.astype("float32"), batch_size=32, verbose=0)
 
     results = {"config": asdict(config), "preprocessing": PREPROCESSING_ID,
-               "counts": {name: len(part) for name, part in data.parts.items()}}
+               "counts": {name: len(part) for name, part in data.parts.items()},
+               "trained_on": {"train": len(data.train[1]), "val": len(data.val[1])}}
     threshold = choose_threshold(data.val[1], predict(data.val[0])[:, MALIGNANT_INDEX])
     results["threshold"] = threshold
     results["threshold_rule"] = ("highest T with malignant recall >= 0.95 on "
