@@ -116,6 +116,14 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray,
     return math.exp(best)
 
 
+def at_search_bound(temperature: float,
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> bool:
+    """Whether a fitted T is (to the search's tolerance) one of `bounds`: the images did not
+    pin it down, e.g. every one already right with margin to spare (T at the lower bound)."""
+    return any(abs(math.log(temperature) - math.log(bound)) <= 10 * SEARCH_TOLERANCE
+               for bound in bounds)
+
+
 def choose_threshold(y_true: np.ndarray, prob_malignant: np.ndarray,
                      target_recall: float = TARGET_MALIGNANT_RECALL) -> float:
     """The highest T with recall(prob_malignant >= T) >= target on these (validation) labels.

@@ -33,18 +33,17 @@ class Classifier:
     ('efficientnet-lite0/int8') or a path to a model file listed in the manifest. Its
     outputs go through the temperature and threshold of the manifest entry (fitted on the
     model's validation images), or of the site profile `site` (`edge-infer calibrate`) if given.
+    `quiet` drops the interpreter's own log lines on stderr (`edge-infer --quiet`).
     """
 
     def __init__(self, model: str = "int8", threads: int = 1,
                  manifest_file: str | os.PathLike | None = None,
-                 site: str | os.PathLike | None = None) -> None:
-        self.entry: ModelEntry = resolve_model(model, manifest_file)
+                 site: str | os.PathLike | None = None, quiet: bool = False) -> None:
+        self.entry: ModelEntry = resolve_model(model, manifest_file, tflite_only=True)
         self.calibration: Calibration = (shipped_calibration(self.entry.info) if site is None
                                          else load_profile(site, self.entry))
-        if self.entry.info.get("format") != "tflite":
-            raise ModelError(f"{self.entry.key} is not a TFLite model; the runtime needs one")
         try:
-            self.model = TFLiteModel(self.entry.path, threads)
+            self.model = TFLiteModel(self.entry.path, threads, quiet=quiet)
         except ValueError as err:
             raise ModelError(str(err)) from None
         actual = self.model.io_spec()

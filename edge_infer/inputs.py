@@ -24,17 +24,24 @@ class Inputs:
 
 
 def expand_inputs(arguments: list[str]) -> Inputs:
-    """Files as given; folders searched recursively for image files, BUSI masks skipped."""
+    """Files as given; folders searched recursively for image files, BUSI masks and files
+    without an image extension skipped with a note (hidden ones, such as .DS_Store, silently)."""
     found = Inputs()
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+            others = [p for p in files
+                      if p.suffix.lower() not in IMAGE_EXTENSIONS and not _hidden(p, path)]
             masks = [p for p in images if is_mask_file(p.name)]
             images = [p for p in images if not is_mask_file(p.name)]
             if masks:
                 found.notes.append(f"{argument}: skipped {len(masks)} BUSI mask file(s)")
+            if others:
+                found.notes.append(f"{argument}: skipped {len(others)} file(s) that are not "
+                                   f"images by extension (e.g. {others[0].name}); give a file "
+                                   "by name to classify it whatever its extension")
             if not images:
                 found.errors.append((argument, "folder holds no image files"))
             found.files.extend(images)

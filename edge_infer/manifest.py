@@ -70,8 +70,24 @@ def _entry(manifest: dict, key: str, folder: Path) -> ModelEntry:
     return ModelEntry(key=key, path=folder / info["file"], info=info)
 
 
-def resolve_model(name: str, manifest_file: str | os.PathLike | None = None) -> ModelEntry:
-    """A variant name, '<arch>/<variant>' key, or a model file path -> its verified entry."""
+def _refuse_unless_tflite(manifest: dict, key: str) -> None:
+    """ModelError naming the TFLite variants to use instead, when `key` is another format (a
+    Keras entry: the light runtime has no TensorFlow to run it, and does not ship its file)."""
+    info, models = manifest["models"][key], manifest["models"]
+    if info.get("format") == "tflite":
+        return
+    usable = [other["variant"] if other["arch"] == manifest.get("default_arch") else name
+              for name, other in models.items()
+              if other["arch"] == info["arch"] and other.get("format") == "tflite"]
+    kind = {"keras": "Keras"}.get(info.get("format"), info.get("format"))
+    raise ModelError(f"{key} is a {kind} model: the light runtime runs TFLite "
+                     f"models only; use a TFLite variant: {', '.join(usable) or 'none shipped'}")
+
+
+def resolve_model(name: str, manifest_file: str | os.PathLike | None = None,
+                  tflite_only: bool = False) -> ModelEntry:
+    """A variant name, '<arch>/<variant>' key, or a model file path -> its verified entry;
+    `tflite_only` refuses any other format before its file is looked for."""
     manifest_file = Path(manifest_file) if manifest_file else manifest_path()
     manifest = read_manifest(manifest_file)
     folder = manifest_file.parent
@@ -79,6 +95,8 @@ def resolve_model(name: str, manifest_file: str | os.PathLike | None = None) -> 
     default_arch = manifest.get("default_arch")  # absent until a model is published --default
     key = name if name in models or not default_arch else f"{default_arch}/{name}"
     if key in models:
+        if tflite_only:
+            _refuse_unless_tflite(manifest, key)
         entry = _entry(manifest, key, folder)
         if not entry.path.is_file():
             raise ModelError(f"model file missing: {entry.path}")
@@ -87,6 +105,8 @@ def resolve_model(name: str, manifest_file: str | os.PathLike | None = None) -> 
         matches = [k for k, info in models.items() if info["sha256"] == digest]
         if not matches:
             raise ModelError(f"{name} is not a model the manifest knows (sha256 {digest[:12]}…)")
+        if tflite_only:
+            _refuse_unless_tflite(manifest, matches[0])
         return ModelEntry(key=matches[0], path=Path(name), info=models[matches[0]])
     else:
         known = ", ".join(sorted(models))

@@ -21,6 +21,7 @@ from edge_infer.calibration import (
     TEMPERATURE_BOUNDS,
     Calibration,
     apply_temperature,
+    at_search_bound,
     fit_calibration,
 )
 from edge_infer.manifest import ModelEntry, ModelError, sha256_of
@@ -38,6 +39,12 @@ SCHEMA_VERSION = 1
 # Below 20 malignant images one miss is already more than 5 %: the threshold must catch every
 # one of them and says little about the next malignant lesion.
 MIN_MALIGNANT = 20
+# Below these a profile is refused: with fewer than 5 malignant images the threshold is just the
+# lowest of a handful of probabilities and a bootstrap of them is meaningless; with fewer than
+# 5 normal or benign ones the temperature is fitted (and the threshold kept) against almost no
+# image it must not call malignant, and the specificity is undefined or a guess.
+MIN_MALIGNANT_TO_FIT = 5
+MIN_OTHER_TO_FIT = 5
 WEAK_LOWER_BOUND = 0.90
 NEW_CASES_METHOD = ("out-of-bag bootstrap: temperature and threshold refitted on each resample "
                     "of the images, sensitivity measured on the malignant images it left out, "
@@ -76,12 +83,31 @@ def _defined(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def too_few_to_fit(counts: dict[str, int]) -> str | None:
+    """Why these labelled images (images per class) are too few for a profile, or None:
+    fewer than MIN_MALIGNANT_TO_FIT malignant or MIN_OTHER_TO_FIT normal + benign ones."""
+    others = counts.get("normal", 0) + counts.get("benign", 0)
+    if counts.get("malignant", 0) >= MIN_MALIGNANT_TO_FIT and others >= MIN_OTHER_TO_FIT:
+        return None
+    return (f"too few labelled images for a site profile: {counts.get('malignant', 0)} "
+            f"malignant and {others} normal or benign ({counts.get('normal', 0)} normal, "
+            f"{counts.get('benign', 0)} benign); at least {MIN_MALIGNANT_TO_FIT} malignant and "
+            f"{MIN_OTHER_TO_FIT} normal or benign are needed (~50 in all, 20 malignant, for a "
+            "sound promise)")
+
+
 def profile_warnings(n_malignant: int, interval_low: float | None, new_cases: float | None,
-                     target: float) -> list[str]:
-    """Why the profile's sensitivity promise is weak (empty when it is not): too few malignant
-    images, a bootstrap interval reaching below WEAK_LOWER_BOUND, or refits that fall below it
-    on images they did not see."""
+                     target: float, temperature: float | None = None) -> list[str]:
+    """Why the profile is weak (empty when it is not): a temperature at a bound of its search
+    range, too few malignant images, a bootstrap interval reaching below WEAK_LOWER_BOUND, or
+    refits that fall below it on images they did not see."""
     found = []
+    if temperature is not None and at_search_bound(temperature):
+        found.append(f"the fitted temperature {temperature:.3g} sits at a bound of its search "
+                     f"range [{TEMPERATURE_BOUNDS[0]}, {TEMPERATURE_BOUNDS[1]}]: these images "
+                     "do not pin it down (e.g. every one already classified right with margin "
+                     "to spare), so the calibrated probabilities are pushed to the extremes; "
+                     "add images, including ones the model finds hard")
     if n_malignant < MIN_MALIGNANT:
         found.append(f"only {n_malignant} malignant image(s): at least {MIN_MALIGNANT} are "
                      f"needed before a sensitivity of {target:.2f} can be measured (with fewer, "
@@ -102,13 +128,16 @@ def fit_site_profile(raw_probs: np.ndarray, labels: np.ndarray, model: dict, sou
                      seed: int = BOOTSTRAP_SEED) -> dict:
     """The profile (JSON-ready) fitted on a site's labelled images: `raw_probs` are the model's
     uncalibrated outputs (N, 3), `model` its key, variant and sha256, `source` where the images
-    came from. ValueError when no image is malignant."""
+    came from. ValueError when no image is malignant, or the images are too few
+    (`too_few_to_fit`)."""
     raw_probs = np.asarray(raw_probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     counts = {name: int((labels == i).sum()) for i, name in enumerate(CLASS_NAMES)}
     if not counts["malignant"]:
         raise ValueError("no malignant image among the labelled images: a threshold for "
                          "malignant sensitivity cannot be fitted without some")
+    if reason := too_few_to_fit(counts):
+        raise ValueError(reason)
     fit = fit_calibration(raw_probs, labels, target)
     called = malignant_called(apply_temperature(raw_probs, fit.temperature), fit.threshold)
     sensitivity, specificity = malignant_recall_specificity(labels, called)
@@ -137,7 +166,7 @@ def fit_site_profile(raw_probs: np.ndarray, labels: np.ndarray, model: dict, sou
         },
         "bootstrap": {"resamples": n_resamples, "seed": seed},
         "warnings": profile_warnings(counts["malignant"], intervals["sens"][0],
-                                     new_cases["value"], target),
+                                     new_cases["value"], target, fit.temperature),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": source,
     }
@@ -166,7 +195,8 @@ def load_profile(path: str | os.PathLike, entry: ModelEntry) -> Calibration:
     try:
         profile = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProfileError(f"cannot read site profile {path}: {err}") from None
+        raise ProfileError(f"cannot read site profile {path}: "
+                           f"{getattr(err, 'strerror', None) or err}") from None
     if not isinstance(profile, dict) or profile.get("kind") != PROFILE_KIND:
         raise ProfileError(f"{path} is not a site profile (made by `edge-infer calibrate`)")
     if profile.get("schema_version") != SCHEMA_VERSION:

@@ -10,6 +10,9 @@ Outputs are told apart by rank, not order: rank 2 (1, 3) is the probabilities, r
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,13 +53,37 @@ def interpreter_class() -> type:
     return Interpreter
 
 
-class TFLiteModel:
-    """One interpreter for one model file; not thread-safe (use one per thread)."""
+@contextmanager
+def native_stderr_silenced(silenced: bool = True) -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null while the block runs (always restored; exceptions
+    pass through): the interpreter's C++ log lines ("Created TensorFlow Lite XNNPACK delegate")
+    bypass sys.stderr and every logging setting. Process-wide, so for single-threaded use."""
+    if not silenced:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
-    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+
+class TFLiteModel:
+    """One interpreter for one model file; not thread-safe (use one per thread). `quiet` drops
+    the interpreter's own log lines on stderr while it is created (`native_stderr_silenced`)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1, quiet: bool = False) -> None:
         self.path = os.fspath(path)
-        self.interpreter = interpreter_class()(model_path=self.path, num_threads=threads)
-        self.interpreter.allocate_tensors()
+        with native_stderr_silenced(quiet):
+            self.interpreter = interpreter_class()(model_path=self.path, num_threads=threads)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output, self.feature_output = _outputs_by_rank(
             self.path, self.interpreter.get_output_details())
