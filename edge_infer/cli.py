@@ -1,13 +1,8 @@
-"""`edge-infer`: classify breast-ultrasound images with the shipped TFLite model, or evaluate it
-on a labelled set of images.
+"""`edge-infer`: classify breast-ultrasound images with the shipped TFLite model, evaluate it
+on a labelled set of images, or fit a site profile from them.
 
-Exit codes: 0 every input classified (evaluated); 1 the model could not be loaded, or
-(evaluate) scikit-learn / matplotlib is missing or --json / --plots cannot be written; 2 usage
-error; 3 some inputs could not be read (each named on stderr; the others are still classified);
-4 (evaluate) some labels are not class names (each named on stderr; the other images are still
-evaluated; takes precedence over 3); 5 (classify) some images were refused as not breast
-ultrasound (each named on stderr, no label given; the others are still classified; 3 takes
-precedence; `--ood warn` labels them anyway and exits 0).
+Each command's exit codes are in its --help (CLASSIFY_EXIT_CODES, EVALUATE_EXIT_CODES,
+CALIBRATE_EXIT_CODES below).
 """
 
 from __future__ import annotations
@@ -42,6 +37,26 @@ EXIT_UNREADABLE = 3
 EXIT_UNKNOWN_LABEL = 4
 EXIT_REFUSED = 5
 PROGRESS_MIN_IMAGES = 10
+HEATMAP_SUFFIX = ".png"
+CLASSIFY_EXIT_CODES = (
+    "Exit codes: 0 every input classified; 1 the model or the --site profile cannot be loaded, "
+    "the model gives no heat-map, or the heat-map cannot be written; 2 usage error (also "
+    "--heatmap with more than one image, or a name not ending in .png); 3 some inputs could "
+    "not be read (each named on stderr; the others are still classified); 5 some images were "
+    "refused as not breast ultrasound (each named on stderr, no label and no heat-map given; "
+    "the others are still classified; 3 takes precedence; --ood warn labels them and exits 0).")
+EVALUATE_EXIT_CODES = (
+    "Exit codes: 0 every image evaluated; 1 the model or the --site profile cannot be loaded, "
+    "scikit-learn (matplotlib with --plots) is missing, or --json / --plots cannot be written; "
+    "2 usage error; 3 some images could not be read (each named on stderr; the others are "
+    "still evaluated); 4 some labels are not class names (each named on stderr; the other "
+    "images are still evaluated; takes precedence over 3).")
+CALIBRATE_EXIT_CODES = (
+    "Exit codes: 0 profile written; 1 the model cannot be loaded, the images read are too few "
+    "(fewer than 5 malignant or 5 normal + benign; no profile written), or the profile cannot "
+    "be written; 2 usage error, also no malignant image among the labels; 3 some images could "
+    "not be read (each named on stderr; the profile is still written from the others); 4 some "
+    "labels are not class names (likewise; takes precedence over 3).")
 DEFAULT_THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -54,7 +69,8 @@ class DefaultToClassify(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=DefaultToClassify, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DefaultToClassify, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit codes: each command lists its own in its --help.")
 def main() -> None:
     """Classify breast-ultrasound images as normal / benign / malignant on a CPU.
 
@@ -65,14 +81,17 @@ def main() -> None:
       edge-infer info                      the shipped models and their validated figures
       edge-infer serve                     the web app and JSON API (pip install ".[serve]")
 
-    A research tool, not a diagnosis. Run `edge-infer classify --help` for every option.
+    A research tool, not a diagnosis. Run `edge-infer COMMAND --help` (e.g. classify) for its
+    options and exit codes.
     """
 
 
-def load_classifier(model: str, threads: int, site: Path | None = None) -> Classifier:
-    """The Classifier (with a site profile if given), or a one-line error and exit code 1."""
+def load_classifier(model: str, threads: int, site: Path | None = None,
+                    quiet: bool = False) -> Classifier:
+    """The Classifier (with a site profile if given; `quiet`: without the interpreter's own log
+    lines), or a one-line error and exit code 1."""
     try:
-        return Classifier(model, threads=threads, site=site)
+        return Classifier(model, threads=threads, site=site, quiet=quiet)
     except (ModelError, InterpreterMissing, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_MODEL)
@@ -117,8 +136,7 @@ threshold_option = click.option(
 threads_option = click.option("--threads", type=click.IntRange(1), default=DEFAULT_THREADS,
                               show_default=True, help="Interpreter threads.")
 site_option = click.option(
-    "--site", "site", metavar="PROFILE.json",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    "--site", "site", metavar="PROFILE.json", type=click.Path(path_type=Path),
     help="A site profile from `edge-infer calibrate`: its temperature and threshold instead of "
          "the shipped ones (refused if fitted for another model file).")
 quiet_option = click.option("--quiet", "-q", is_flag=True,
@@ -133,10 +151,20 @@ def labelled_images(command: Callable) -> Callable:
                           type=click.Path(exists=True, file_okay=False, path_type=Path))(command)
 
 
+def _png_name(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Refuse a heat-map name that does not end in .png: the file written is PNG data."""
+    if value is not None and value.suffix.lower() != HEATMAP_SUFFIX:
+        raise click.BadParameter(f"{value}: the heat-map is written as PNG; give a name ending "
+                                 f"in {HEATMAP_SUFFIX}")
+    return value
+
+
 heatmap_option = click.option(
     "--heatmap", "heatmap", metavar="OUT.png", type=click.Path(dir_okay=False, path_type=Path),
+    callback=_png_name,
     help="Write the image (one only) with the model's class activation map overlaid: where "
-         "the evidence for the predicted class lies (edge_infer/cam.py). Not a lesion outline.")
+         "the evidence for the predicted class lies (edge_infer/cam.py). Not a lesion outline. "
+         "None for an image refused as not breast ultrasound.")
 ood_option = click.option(
     "--ood", "ood_policy", type=click.Choice(POLICIES), default="refuse", show_default=True,
     help="An image that does not look like a breast ultrasound (edge_infer/ood.py): refuse "
@@ -163,7 +191,7 @@ def _csv_row(name: str, result: dict) -> list:
             result["in_distribution"], result["ood_score"]]
 
 
-@main.command()
+@main.command(epilog=CLASSIFY_EXIT_CODES)
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE|DIR...")
 @model_option
 @mode_option
@@ -187,7 +215,7 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
     found = expand_inputs(list(inputs))
     if heatmap and len(found.files) + len(found.errors) != 1:
         raise click.UsageError("--heatmap writes one image's heat-map: give exactly one image")
-    classifier = load_classifier(model_name, threads, site)
+    classifier = load_classifier(model_name, threads, site, quiet)
     if heatmap and not classifier.has_heatmap:
         click.echo(f"error: {classifier.entry.key} gives no heat-map (no feature-map output or "
                    "head in its manifest entry): convert it again with busi-convert", err=True)
@@ -235,7 +263,10 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
             writer.writerow(_csv_row(str(path), result))
         else:
             click.echo(_table_row(str(path), result))
-        if heatmap:
+        if heatmap and result["refused"]:
+            say(f"note: no heat-map written for {path}: refused as not breast ultrasound "
+                "(--ood warn labels it and draws one)")
+        elif heatmap:
             _write_heatmap(classifier.heatmap(decoded.image, output,
                                               heatmap_class or decision.prediction),
                            heatmap, heatmap_class or decision.prediction, say)
@@ -290,7 +321,9 @@ def info(as_json: bool) -> None:
         click.echo(f"{key:<28} {entry['bytes'] / 1e6:6.1f} {entry['threshold']:6.3f} "
                    f"{'—' if temperature is None else f'{temperature:.3f}':>6} "
                    f"{figures.get('accuracy', float('nan')):8.3f} "
-                   f"{'' if agreement is None else f'{agreement:6.3f}':>6}  {entry['file']}")
+                   f"{'' if agreement is None else f'{agreement:6.3f}':>6}  {entry['file']}"
+                   + ("" if entry.get("format") == "tflite" else
+                      "  (not run by edge-infer: use a TFLite variant)"))
     for key, entry in manifest["models"].items():
         missed = entry.get("verification", {}).get("targets_missed")
         if missed:
@@ -315,7 +348,7 @@ def _load_evaluation(plots: bool) -> ModuleType:
     return evaluate
 
 
-@main.command()
+@main.command(epilog=EVALUATE_EXIT_CODES)
 @labelled_images
 @model_option
 @mode_option
@@ -338,8 +371,6 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
     Prints accuracy, balanced accuracy, per-class precision / recall, the confusion matrix,
     malignant sensitivity and specificity, and the benign-vs-malignant ROC-AUC, with 95 %
     bootstrap intervals. Needs the [evaluate] extra (scikit-learn; matplotlib for --plots).
-    Exit 3: some images could not be read; 4: some labels are not class names (each named on
-    stderr; everything else is still evaluated).
     """
     if (path is None) == (labels_file is None):
         raise click.UsageError("give a folder of class folders (DIR) or --labels CSV, not both")
@@ -351,7 +382,7 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
             f"{labels_file} lists no image (only BUSI masks)" if labels_file else
             f"{path} holds no class folder ({', '.join(CLASS_NAMES)}); for a CSV of files "
             "and labels use --labels")
-    classifier = load_classifier(model_name, threads, site)
+    classifier = load_classifier(model_name, threads, site, quiet)
     threshold_source = None
     if mode == "high-sensitivity":
         threshold_source = ("given" if threshold is not None else
@@ -441,7 +472,7 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
     uvicorn.run(app, host=host, port=port)
 
 
-@main.command()
+@main.command(epilog=CALIBRATE_EXIT_CODES)
 @labelled_images
 @click.option("--out", "out", required=True, metavar="PROFILE.json",
               type=click.Path(dir_okay=False, path_type=Path),
@@ -457,20 +488,18 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
 def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name: str,
               threads: int, description: str, resamples: int, quiet: bool) -> None:
     """Fit a site profile from a clinic's own labelled images (as few as ~50, at least 20
-    malignant for a sound promise): DIR holds a folder per class, or --labels CSV lists
-    file,label, as for `evaluate`.
+    malignant for a sound promise; refused below 5 malignant or 5 normal + benign): DIR holds a
+    folder per class, or --labels CSV lists file,label, as for `evaluate`.
 
     \b
     The profile holds a temperature for the model's probabilities (fitted on these images by
     minimising the negative log-likelihood) and the high-sensitivity threshold: the highest one
     still calling >= 95 % of these malignant images malignant, with a bootstrap interval of
     that sensitivity, the sensitivity refits reach on images they did not see, and warnings
-    when the malignant images are too few for the promise. It is tied to the model file
+    when the malignant images are too few for the promise or the temperature sits at a bound
+    of its search range (the images did not pin it down). It is tied to the model file
     (sha256). Use it with `edge-infer --site PROFILE.json IMAGE`, `edge-infer evaluate --site`
     and `edge-infer serve --site`. Works in the light runtime (numpy only).
-
-    Exit 2: no malignant image among the labels; 3 / 4 as for evaluate (the profile is still
-    written from the other images).
     """
     if (path is None) == (labels_file is None):
         raise click.UsageError("give a folder of class folders (DIR) or --labels CSV, not both")
@@ -480,7 +509,7 @@ def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name
         raise click.UsageError(
             f"{source_path} holds no malignant images: a threshold for malignant sensitivity "
             "cannot be fitted without them (a folder malignant/, or rows labelled malignant)")
-    classifier = load_classifier(model_name, threads)
+    classifier = load_classifier(model_name, threads, quiet=quiet)
     say = _note_printer(quiet)
     for note in found.notes:
         say(f"note: {note}")
@@ -506,9 +535,9 @@ def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name
         profile = fit_site_profile(np.array(raw).reshape(-1, len(CLASS_NAMES)),
                                    np.array(labels, dtype=np.int64), classifier.model_info(),
                                    source, n_resamples=resamples)
-    except ValueError as err:
+    except ValueError as err:  # no malignant image read, or too few images (no profile)
         click.echo(f"error: {err}", err=True)
-        sys.exit(code or EXIT_UNREADABLE)
+        sys.exit(EXIT_MODEL)
     try:
         write_profile(profile, out)
     except OSError as err:
