@@ -49,6 +49,8 @@ from edge_infer.preprocess import preprocess_image
 from edge_infer.rates import malignant_called, malignant_recall_specificity
 from edge_infer.site_profile import (
     MIN_MALIGNANT,
+    MIN_MALIGNANT_TO_FIT,
+    MIN_OTHER_TO_FIT,
     PROFILE_KIND,
     SCHEMA_VERSION,
     ProfileError,
@@ -228,17 +230,55 @@ def test_few_malignant_images_make_a_weak_promise_and_say_so() -> None:
     assert profile["figures"]["sensitivity"]["value"] == 1.0  # catches all of so few
 
 
-def test_many_well_separated_malignant_images_give_no_warning() -> None:
+def test_many_malignant_images_mostly_classified_right_give_no_warning() -> None:
     rng = np.random.default_rng(7)
     labels = np.repeat([0, 1, 2], 200)
-    probs = softmax(rng.normal(0, 0.3, (600, 3)) + 4.0 * np.eye(3)[labels])
+    probs = softmax(rng.normal(0, 1.5, (600, 3)) + 4.0 * np.eye(3)[labels])
+    assert 0.9 < (probs.argmax(axis=1) == labels).mean() < 1.0  # some errors: T is pinned down
     profile = fit_site_profile(probs, labels, MODEL, {}, n_resamples=FEW_RESAMPLES)
+    assert TEMPERATURE_BOUNDS[0] < profile["temperature"] < TEMPERATURE_BOUNDS[1]
     assert profile["warnings"] == []
+
+
+@pytest.mark.parametrize(("offset", "bound"), [(4.0, 0), (-4.0, 1)],
+                         ids=["all-right-with-margin", "all-confidently-wrong"])
+def test_a_temperature_at_a_bound_of_its_search_range_is_warned(offset: float,
+                                                                bound: int) -> None:
+    """Every image right with margin to spare drives T to the lower bound (probabilities pushed
+    to 0 and 1), every one confidently wrong to the upper: the images did not pin T down."""
+    rng = np.random.default_rng(9)
+    labels = np.repeat([0, 1, 2], 30)
+    probs = softmax(rng.normal(0, 0.3, (90, 3)) + offset * np.eye(3)[labels])
+    profile = fit_site_profile(probs, labels, MODEL, {}, n_resamples=FEW_RESAMPLES)
+    assert profile["temperature"] == pytest.approx(TEMPERATURE_BOUNDS[bound], rel=1e-6)
+    [warning] = [w for w in profile["warnings"] if "bound of its search range" in w]
+    assert f"{profile['temperature']:.3g}" in warning
 
 
 def test_a_profile_needs_malignant_images() -> None:
     with pytest.raises(ValueError, match="no malignant"):
         fit_site_profile(np.full((4, 3), 1 / 3), np.array([0, 1, 1, 0]), MODEL, {})
+
+
+@pytest.mark.parametrize(("malignant", "normal", "benign", "enough"), [
+    (MIN_MALIGNANT_TO_FIT - 1, 30, 30, False),
+    (30, 1, MIN_OTHER_TO_FIT - 2, False),
+    (MIN_MALIGNANT_TO_FIT, 0, MIN_OTHER_TO_FIT, True),
+    (MIN_MALIGNANT_TO_FIT, MIN_OTHER_TO_FIT, 0, True),
+])
+def test_a_profile_needs_a_minimum_of_malignant_and_other_images(
+        malignant: int, normal: int, benign: int, enough: bool) -> None:
+    _, labels, probs = synthetic(600, 1.0, seed=10)
+    chosen = np.concatenate([np.flatnonzero(labels == i)[:n]
+                             for i, n in enumerate((normal, benign, malignant))])
+    if enough:
+        profile = fit_site_profile(probs[chosen], labels[chosen], MODEL, {},
+                                   n_resamples=FEW_RESAMPLES)
+        assert profile["counts"]["total"] == malignant + normal + benign
+        return
+    with pytest.raises(ValueError, match="too few labelled images") as refused:
+        fit_site_profile(probs[chosen], labels[chosen], MODEL, {})
+    assert f"{malignant} malignant and {normal + benign} normal or benign" in str(refused.value)
 
 
 @pytest.fixture(scope="module")
@@ -498,6 +538,51 @@ def test_calibrate_refuses_a_folder_without_malignant_images(tmp_path: Path,
     assert_exit(result, 2)
     assert "no malignant images" in result.stderr
     assert not out.exists()
+
+
+def test_calibrate_refuses_too_few_images_with_their_counts(tmp_path: Path,
+                                                             site_folder: Path) -> None:
+    """Two images (one benign, one malignant) gave a profile with T at its bound and a
+    threshold of 0.99999999: now refused, exit 1, nothing written."""
+    two = tmp_path / "two"
+    for label in ("benign", "malignant"):
+        (two / label).mkdir(parents=True)
+        first = sorted((site_folder / label).iterdir())[0]
+        shutil.copy(first, two / label / first.name)
+    out = tmp_path / "two.json"
+    result = run("calibrate", two, "--out", out, "--quiet")
+    assert_exit(result, 1)
+    [error] = error_lines(result.stderr)
+    assert "too few labelled images" in error and "1 malignant and 1 normal or benign" in error
+    assert f"at least {MIN_MALIGNANT_TO_FIT} malignant and {MIN_OTHER_TO_FIT} normal or benign" \
+        in error
+    assert result.stdout == "" and not out.exists()
+
+
+def test_calibrate_help_states_the_minimum() -> None:
+    text = " ".join(run("calibrate", "--help").stdout.split())
+    assert f"refused below {MIN_MALIGNANT_TO_FIT} malignant or {MIN_OTHER_TO_FIT} normal + " \
+        "benign" in text
+    assert f"fewer than {MIN_MALIGNANT_TO_FIT} malignant or {MIN_OTHER_TO_FIT} normal + benign" \
+        in text
+
+
+@pytest.mark.parametrize("make", [
+    lambda folder: folder / "nosuch.json",
+    lambda folder: folder,
+    lambda folder: folder / "not_json.json",
+], ids=["missing", "a-folder", "not-json"])
+def test_a_site_profile_that_cannot_be_loaded_is_exit_1(make, tmp_path: Path,
+                                                        site_folder: Path) -> None:
+    """Missing, a folder or damaged alike: one error line naming the file, exit 1."""
+    (tmp_path / "not_json.json").write_text("{not json")
+    profile = make(tmp_path)
+    image = sorted((site_folder / "benign").iterdir())[0]
+    for args in (["--site", profile, image], ["evaluate", site_folder, "--site", profile]):
+        result = run(*args)
+        assert_exit(result, 1)
+        [error] = error_lines(result.stderr)
+        assert f"site profile {profile}" in error
 
 
 def test_calibrate_needs_only_the_light_runtime(site_folder: Path, tmp_path: Path) -> None:

@@ -429,6 +429,49 @@ def test_cli_heatmap_takes_exactly_one_image(scan: Path, busi_root: Path, tmp_pa
     assert not out.exists()
 
 
+def test_cli_writes_no_heatmap_for_an_image_refused_as_not_ultrasound(
+        classifier: Classifier, not_ultrasound: Path, tmp_path: Path) -> None:
+    """As the web API: a refused image gets no label and no map (one note says so); with
+    --ood warn it is labelled, so its map is written."""
+    if not classifier.has_heatmap:
+        pytest.skip("the shipped int8 model has no feature-map output (run busi-convert)")
+    out = tmp_path / "heat.png"
+    refused = run("--json", not_ultrasound, "--heatmap", out)
+    assert refused.exit_code == 5, refused.output
+    assert json.loads(refused.stdout)["refused"] is True
+    assert not out.exists()
+    notes = [line for line in refused.stderr.splitlines() if "heat-map" in line]
+    assert notes == [f"note: no heat-map written for {not_ultrasound}: refused as not breast "
+                     "ultrasound (--ood warn labels it and draws one)"]
+    warned = run("--json", not_ultrasound, "--heatmap", out, "--ood", "warn")
+    assert warned.exit_code == 0, warned.output
+    result = json.loads(warned.stdout)
+    assert result["in_distribution"] is False and result["refused"] is False
+    assert f"heat-map of class {result['prediction']} written to {out}" in warned.stderr
+    with Image.open(out) as written:
+        assert written.format == "PNG" and written.size == size_of(not_ultrasound)
+
+
+@pytest.mark.parametrize("name", ["heat.jpg", "noext", "heat.png.txt"])
+def test_cli_heatmap_name_must_end_in_png(name: str, scan: Path, tmp_path: Path) -> None:
+    out = tmp_path / name
+    result = run(scan, "--heatmap", out)
+    assert result.exit_code == 2, result.output
+    assert "give a name ending in .png" in result.stderr and name in result.stderr
+    assert result.stdout == "" and not out.exists()
+
+
+def test_cli_heatmap_name_suffix_is_case_insensitive(classifier: Classifier, scan: Path,
+                                                     tmp_path: Path) -> None:
+    if not classifier.has_heatmap:
+        pytest.skip("the shipped int8 model has no feature-map output (run busi-convert)")
+    out = tmp_path / "HEAT.PNG"
+    result = run("--quiet", scan, "--heatmap", out)
+    assert result.exit_code == 0, result.output
+    with Image.open(out) as written:
+        assert written.format == "PNG"
+
+
 def test_cli_heatmap_refuses_a_model_without_a_feature_map(hand_built, busi_root: Path,
                                                            scan: Path, tmp_path: Path) -> None:
     """A model file with the probabilities only (as converted before heat-maps) still

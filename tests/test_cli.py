@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,13 @@ from PIL import Image
 
 from edge_infer import manifest as manifest_module
 from edge_infer.classifier import Classifier
-from edge_infer.cli import PROGRESS_MIN_IMAGES, main
+from edge_infer.cli import (
+    CALIBRATE_EXIT_CODES,
+    CLASSIFY_EXIT_CODES,
+    EVALUATE_EXIT_CODES,
+    PROGRESS_MIN_IMAGES,
+    main,
+)
 from edge_infer.datasets import split_files
 from edge_infer.decision import decide
 from edge_infer.manifest import MANIFEST_FILENAME, ModelError, resolve_model
@@ -238,6 +245,53 @@ def test_help_through_the_console_script() -> None:
         assert option in done.stdout
 
 
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize(("command", "epilog", "codes"), [
+    ("classify", CLASSIFY_EXIT_CODES, ["0", "1", "2", "3", "5"]),
+    ("evaluate", EVALUATE_EXIT_CODES, ["0", "1", "2", "3", "4"]),
+    ("calibrate", CALIBRATE_EXIT_CODES, ["0", "1", "2", "3", "4"]),
+], ids=["classify", "evaluate", "calibrate"])
+def test_help_lists_each_commands_exit_codes(command: str, epilog: str,
+                                             codes: list[str]) -> None:
+    """The codes each command can exit with (read off cli.py), in its --help; the group's help
+    says where to find them."""
+    result = run(command, "--help")
+    assert_exit(result, 0)
+    assert one_line(epilog) in one_line(result.stdout)
+    assert re.findall(r"(?:Exit codes:|;) (\d) (?!takes precedence)", epilog) == codes
+    group = run("--help")
+    assert "Exit codes" in group.stdout and "COMMAND --help" in one_line(group.stdout)
+
+
+def test_quiet_console_script_prints_nothing_on_stderr(classifier: Classifier,
+                                                       scan: Path) -> None:
+    """Not even the interpreter's own C++ log line ("Created TensorFlow Lite XNNPACK
+    delegate"), which no Python setting reaches."""
+    done = run_script("-q", "--json", scan)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    [line] = json_lines(done.stdout)
+    assert_matches_api(line, classifier.classify(scan).to_dict())
+
+
+def test_silencing_native_stderr_restores_fd_2_and_lets_exceptions_through() -> None:
+    code = ("import os, sys; from edge_infer.tflite_model import native_stderr_silenced\n"
+            "try:\n"
+            "    with native_stderr_silenced():\n"
+            "        os.write(2, b'hidden\\n')\n"
+            "        raise KeyError('raised inside')\n"
+            "except KeyError as err:\n"
+            "    os.write(2, f'after: {err}\\n'.encode())\n"
+            "with native_stderr_silenced(False):\n"
+            "    os.write(2, b'not silenced\\n')\n")
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "after: 'raised inside'\nnot silenced\n"
+
+
 @pytest.mark.parametrize(("content", "message"), [
     (None, "manifest not found"),
     ("{not json", "is not valid JSON"),
@@ -346,6 +400,37 @@ def test_a_model_the_runtime_cannot_use_is_exit_1(name: str, manifest: dict, sca
     assert_one_error(result.stderr)
 
 
+def keras_entry(manifest: dict) -> tuple[str, list[str]]:
+    """The default architecture's Keras key and the names of its TFLite variants."""
+    arch = manifest["default_arch"]
+    keys = [key for key, info in manifest["models"].items()
+            if info["arch"] == arch and info["format"] == "keras"]
+    if not keys:
+        pytest.skip(f"no Keras entry for {arch} in the manifest")
+    return keys[0], [info["variant"] for info in manifest["models"].values()
+                     if info["arch"] == arch and info["format"] == "tflite"]
+
+
+def test_a_keras_model_is_refused_with_the_tflite_variants_to_use(manifest: dict, scan: Path,
+                                                                   tmp_path: Path) -> None:
+    """Whether or not its file is there (an installed runtime does not ship it): the error says
+    the light runtime runs TFLite only and names the variants to use, not a missing file."""
+    key, variants = keras_entry(manifest)
+    (tmp_path / MANIFEST_FILENAME).write_text(json.dumps(manifest))  # no model files beside it
+    for env in ({}, {"EDGE_INFER_MODELS": str(tmp_path)}):
+        result = CliRunner().invoke(main, ["--model", key, str(scan)], env=env)
+        assert_exit(result, 1)
+        assert result.stdout == ""
+        assert_one_error(result.stderr, key, "Keras model", "TFLite", *variants)
+        assert "missing" not in result.stderr
+    info = run("info")
+    [row] = [line for line in info.stdout.splitlines() if line.startswith(f"{key} ")]
+    assert "not run by edge-infer" in row
+    assert not any("not run by edge-infer" in line for line in info.stdout.splitlines()
+                   if line.split()[0] in manifest["models"]
+                   and manifest["models"][line.split()[0]]["format"] == "tflite")
+
+
 def test_a_copy_of_a_shipped_model_file_is_recognised(manifest: dict, scan: Path,
                                                       tmp_path: Path) -> None:
     copy = tmp_path / "copy.tflite"
@@ -433,7 +518,31 @@ def test_folder_recursion_masks_and_other_files(classifier: Classifier, test_ima
         assert_consistent(line)
         assert_matches_api(line, classifier.classify(path).to_dict())
     assert f"note: {folder}: skipped 2 BUSI mask file(s)" in result.stderr.splitlines()
+    assert [line for line in result.stderr.splitlines() if "not images by extension" in line] \
+        == [f"note: {folder}: skipped 3 file(s) that are not images by extension (e.g. "
+            "report.csv); give a file by name to classify it whatever its extension"]
     assert error_lines(result.stderr) == []
+
+
+def test_a_png_without_an_extension_is_skipped_in_a_folder_with_a_note(
+        classifier: Classifier, scan: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "study"
+    folder.mkdir()
+    shutil.copy(scan, folder / "scan.png")
+    shutil.copy(scan, folder / "noext")
+    (folder / ".DS_Store").write_bytes(b"\0" * 16)  # hidden: skipped without a word
+    result = run("--json", folder)
+    assert_exit(result, 0)
+    assert [line["file"] for line in json_lines(result.stdout)] == [str(folder / "scan.png")]
+    assert f"note: {folder}: skipped 1 file(s) that are not images by extension (e.g. noext)" \
+        in result.stderr
+    quiet = run("--json", "--quiet", folder)
+    assert_exit(quiet, 0)
+    assert quiet.stderr == ""
+    by_name = run("--json", folder / "noext")  # named on the command line: classified
+    assert_exit(by_name, 0)
+    [line] = json_lines(by_name.stdout)
+    assert_matches_api(line, classifier.classify(scan).to_dict())
 
 
 def test_progress_bar_goes_to_stderr_only(manifest: dict, scans_folder: Path) -> None:
