@@ -40,6 +40,7 @@ from edge_infer.cam import (
     upsample,
 )
 from edge_infer.classifier import Classifier
+from edge_infer.decision import argmax_indices
 from edge_infer.preprocess import decode_image, to_model_input
 from edge_infer.rates import bootstrap_interval
 from edge_infer.spec import CLASS_NAMES
@@ -123,13 +124,15 @@ def per_image_scores(files: list[Path], labels: list[str], classifier: Classifie
     decoded = [decode_image(file).image for file in tqdm(files, desc="cam decode", leave=False)]
     inputs = np.stack([to_model_input(image) for image in decoded])
     keras_probs, keras_features, keras_head = keras_outputs(keras_model, inputs)
+    keras_predicted = argmax_indices(keras_probs)
     rows = []
     for i, (file, label, image) in enumerate(tqdm(list(zip(files, labels, decoded)),
                                                   desc="cam maps", leave=False)):
         mask = lesion_mask(file, image.size)
         output = classifier.run_array(inputs[i])
-        maps = {"int8": (output.feature_map, classifier.cam_head, int(output.probs.argmax())),
-                "keras": (keras_features[i], keras_head, int(keras_probs[i].argmax()))}
+        maps = {"int8": (output.feature_map, classifier.cam_head,
+                         int(argmax_indices(output.probs[np.newaxis])[0])),
+                "keras": (keras_features[i], keras_head, int(keras_predicted[i]))}
         true_index = CLASS_NAMES.index(label)
         row = {"file": file, "label": label, "mask_area": float(mask.mean()),
                "predicted": {name: CLASS_NAMES[m[2]] for name, m in maps.items()}}

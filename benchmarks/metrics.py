@@ -21,6 +21,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from edge_infer.decision import argmax_indices
 from edge_infer.rates import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -34,11 +35,12 @@ CALIBRATION_BINS = 10
 
 
 def agreement(reference: np.ndarray, probs: np.ndarray) -> dict:
-    """Top-1 agreement of probs with a reference model's, and max / mean absolute probability
-    difference (how conversion and the benchmark compare a variant with Keras)."""
+    """Top-1 agreement of probs with a reference model's (both by the decision rule's argmax),
+    and max / mean absolute probability difference (how conversion and the benchmark compare a
+    variant with Keras)."""
     delta = np.abs(np.asarray(probs, np.float64) - np.asarray(reference, np.float64))
     return {
-        "agreement": float((reference.argmax(1) == probs.argmax(1)).mean()),
+        "agreement": float((argmax_indices(reference) == argmax_indices(probs)).mean()),
         "max_abs_dprob": float(delta.max()),
         "mean_abs_dprob": float(delta.mean()),
     }
@@ -51,7 +53,7 @@ def classification_metrics(
     malignant recall / specificity at argmax and, if given, at the high-sensitivity threshold."""
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
-    y_pred = probs.argmax(axis=1)
+    y_pred = argmax_indices(probs)
     labels = list(range(len(CLASS_NAMES)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
@@ -119,7 +121,7 @@ def reliability_bins(y_true: np.ndarray, probs: np.ndarray,
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)  # dequantized int8 sums to 1 only roughly
     confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    correct = argmax_indices(probs) == np.asarray(y_true)
     index = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
     bins = []
     for k in range(n_bins):
@@ -155,7 +157,7 @@ def headline_statistics(y_true: np.ndarray, probs: np.ndarray,
                         threshold: float | None) -> dict[str, Callable[[np.ndarray], float]]:
     """Accuracy, macro-F1 and malignant recall at T as functions of resample indices."""
     y_true = np.asarray(y_true)
-    y_pred = np.asarray(probs).argmax(axis=1)
+    y_pred = argmax_indices(probs)
     labels = list(range(len(CLASS_NAMES)))
     return {
         "accuracy": lambda idx: float(accuracy_score(y_true[idx], y_pred[idx])),
@@ -187,7 +189,7 @@ def evaluation_statistics(y_true: np.ndarray, probs: np.ndarray,
     """The headline statistics plus balanced accuracy, malignant specificity and the
     benign-vs-malignant AUROC (what `edge-infer evaluate` gives intervals for)."""
     y_true = np.asarray(y_true)
-    y_pred = np.asarray(probs).argmax(axis=1)
+    y_pred = argmax_indices(probs)
 
     def balanced(idx: np.ndarray) -> float:
         with warnings.catch_warnings():  # a resample may predict a class it does not hold
@@ -224,7 +226,7 @@ def lesion_metrics(y_true: np.ndarray, probs: np.ndarray, threshold: float | Non
             "auc_benign_vs_malignant": auc_benign_vs_malignant(y_true, probs[:, MALIGNANT_INDEX]),
             "malignant_recall_argmax": sens, "malignant_specificity_argmax": spec,
             "malignant_recall_at_threshold": sens_t, "malignant_specificity_at_threshold": spec_t,
-            "called_normal": float((probs.argmax(axis=1) == NORMAL_INDEX).mean())}
+            "called_normal": float((argmax_indices(probs) == NORMAL_INDEX).mean())}
 
 
 def detection_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:

@@ -32,6 +32,7 @@ from edge_infer.datasets import (
     resolve_external_dir,
     split_files,
 )
+from edge_infer.decision import argmax_indices
 from edge_infer.spec import NORMAL_INDEX
 from edge_infer.tflite_model import TFLiteModel
 
@@ -65,7 +66,7 @@ def _validation(results: dict, sets: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def _normal_recall(labels: np.ndarray, probs: np.ndarray) -> dict:
     normal = labels == NORMAL_INDEX
-    called = probs.argmax(axis=1) == NORMAL_INDEX
+    called = argmax_indices(probs) == NORMAL_INDEX
     return {"normals": int(normal.sum()),
             "normal_recall": float(called[normal].mean()) if normal.any() else None,
             "lesions_called_normal": float(called[~normal].mean())}

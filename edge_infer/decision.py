@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import numpy as np
+
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX, UNCERTAIN_MARGIN
 
 Mode = Literal["argmax", "high-sensitivity"]
@@ -64,6 +66,26 @@ def _validate_threshold(mode: str, threshold: float | None) -> float | None:
     return threshold
 
 
+def ranked_indices(probs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """Each row's class indices from most to least probable, equal probabilities ranking the
+    more severe class first: the rule's one tie-break, for `decide` and (N, 3) arrays alike."""
+    values = np.asarray(probs, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != len(CLASS_NAMES):
+        raise ValueError(f"expected an (N, {len(CLASS_NAMES)}) array of probabilities, "
+                         f"got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("probabilities must be finite")
+    # A stable descending sort of the columns in reverse order keeps the higher index first.
+    reversed_order = np.argsort(-values[:, ::-1], axis=1, kind="stable")
+    return values.shape[1] - 1 - reversed_order
+
+
+def argmax_indices(probs: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """Row-wise argmax with ties to the more severe class: decide()'s rule for (N, 3) arrays
+    (what every metric, rate and benchmark counts as the predicted class)."""
+    return ranked_indices(probs)[:, 0]
+
+
 def requested_mode(mode: Mode | None, threshold: float | None) -> Mode:
     """The mode a user's options ask for: a threshold alone implies high-sensitivity, and a
     threshold with argmax is refused (ValueError), since argmax would silently ignore it."""
@@ -81,7 +103,7 @@ def decide(
     """Apply the decision rule to one probability vector in CLASS_NAMES order."""
     values = _validate_probs(probs)
     threshold = _validate_threshold(mode, threshold)
-    ranked = sorted(range(len(values)), key=lambda i: (values[i], i), reverse=True)
+    ranked = [int(i) for i in ranked_indices([values])[0]]
     argmax_label = CLASS_NAMES[ranked[0]]
     prob_malignant = values[MALIGNANT_INDEX]
     forced = (

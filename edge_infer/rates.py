@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edge_infer.decision import argmax_indices
 from edge_infer.spec import MALIGNANT_INDEX
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -24,9 +25,10 @@ def malignant_recall_specificity(y_true: np.ndarray, malignant_called: np.ndarra
 
 
 def malignant_called(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Which images are called malignant: argmax, or prob_malignant >= threshold if given."""
+    """Which images are called malignant: the decision rule's argmax (ties to the more severe
+    class), or also prob_malignant >= threshold if given."""
     probs = np.asarray(probs, dtype=np.float64)
-    called = probs.argmax(axis=1) == MALIGNANT_INDEX
+    called = argmax_indices(probs) == MALIGNANT_INDEX
     if threshold is not None:
         called |= probs[:, MALIGNANT_INDEX] >= threshold
     return called

@@ -24,6 +24,7 @@ from benchmarks.metrics import (
     bootstrap_interval,
     classification_metrics,
     expected_calibration_error,
+    lesion_metrics,
     malignant_called,
     reliability_bins,
     roc_benign_vs_malignant,
@@ -32,6 +33,7 @@ from benchmarks.plots import PLOTS
 from benchmarks.report import HEADINGS, JSON_NAME, MARKDOWN_NAME, external_section
 from benchmarks.targets import check_targets
 from edge_infer.datasets import EXTERNAL_LABELS, models_dir, resolve_external_dir
+from edge_infer.decision import argmax_indices, decide
 from edge_infer.manifest import MANIFEST_FILENAME, read_manifest
 from edge_infer.spec import CLASS_NAMES
 
@@ -64,7 +66,7 @@ def test_reliability_bins_count_every_image_once_and_close_the_last_bin() -> Non
     assert sum(b["n"] for b in bins) == 4
     assert bins[-1]["n"] == 1 and bins[-1]["confidence"] == 1.0  # 1.0 falls in [0.9, 1.0]
     assert bins[0]["n"] == 0 and bins[0]["accuracy"] is None
-    assert bins[5]["accuracy"] == 0.0  # the 0.5/0.5 tie: argmax is normal, truth benign
+    assert bins[5]["accuracy"] == 1.0  # the 0.5/0.5 tie goes to benign, as in decide(): right
 
 
 def test_ece_renormalises_dequantized_probabilities() -> None:
@@ -121,6 +123,25 @@ def test_agreement_on_hand_built_arrays() -> None:
     # float32 reference against uint8-step probabilities (the int8 case)
     quantized = np.round(reference * 256) / 256
     assert agreement(reference.astype(np.float32), quantized)["agreement"] == 1.0
+
+
+def test_ties_count_as_the_class_decide_gives() -> None:
+    # Dequantized uint8 outputs tie (BUSI val "benign (270).png": [0.4414, 0.4414, 0.1133]).
+    probs = np.array([[0.5, 0.2, 0.3], [0.45, 0.45, 0.10], [0.10, 0.45, 0.45],
+                      [0.45, 0.10, 0.45]])
+    labels = np.array([0, 1, 2, 2])
+    decided = [CLASS_NAMES.index(decide(row).argmax_prediction) for row in probs]
+    assert decided == argmax_indices(probs).tolist() == labels.tolist()
+    metrics = classification_metrics(labels, probs, threshold=0.9)
+    assert metrics["accuracy"] == metrics["macro_f1"] == 1.0
+    assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 2]]
+    assert metrics["malignant_recall_argmax"] == metrics["malignant_specificity_argmax"] == 1.0
+    assert malignant_called(probs).tolist() == [False, False, True, True]
+    assert lesion_metrics(labels[1:], probs[1:], None)["called_normal"] == 0.0
+    assert bootstrap_headline(labels, probs, None, n_resamples=20)["accuracy"] == [1.0, 1.0]
+    assert sum(b["accuracy"] * b["n"] for b in reliability_bins(labels, probs) if b["n"]) == 4
+    # top-1 agreement uses the same rule for both models: the tie is benign, like [.3, .5, .2]
+    assert agreement(probs[1:2], np.array([[0.3, 0.5, 0.2]]))["agreement"] == 1.0
 
 
 def test_malignant_called_by_argmax_or_threshold() -> None:

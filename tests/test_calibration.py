@@ -38,6 +38,7 @@ from edge_infer.datasets import (
     resolve_external_dir,
     split_files,
 )
+from edge_infer.decision import argmax_indices
 from edge_infer.manifest import (
     ModelError,
     manifest_path,
@@ -465,8 +466,8 @@ def test_uncertain_and_forced_malignant_follow_the_calibrated_probabilities(
         ranked = sorted(probs, reverse=True)
         assert decision.uncertain == (ranked[0] - ranked[1] < 0.2)
         assert decision.threshold == classifier.threshold
-        forced = probs[MALIGNANT_INDEX] >= classifier.threshold and probs.argmax() != \
-            MALIGNANT_INDEX
+        forced = probs[MALIGNANT_INDEX] >= classifier.threshold and argmax_indices(
+            probs[np.newaxis])[0] != MALIGNANT_INDEX
         assert decision.forced_malignant == forced
 
 

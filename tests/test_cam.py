@@ -31,6 +31,7 @@ from edge_infer.classifier import Classifier
 from edge_infer.cli import main as edge_infer
 from edge_infer.datasets import SPLIT_FILENAME, split_files
 from edge_infer.datasets import models_dir as shipped_models_dir
+from edge_infer.decision import argmax_indices
 from edge_infer.manifest import MANIFEST_FILENAME, file_facts, resolve_model, update_manifest
 from edge_infer.preprocess import decode_image, preprocess_image, to_model_input
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING_ID
@@ -311,7 +312,7 @@ def test_pointing_game_is_computed_from_the_real_masks(scored: list[dict], lesio
             union |= grey(mask) > 127
         assert 0 < union.mean() < 1
         output = classifier.run_array(to_model_input(image))
-        predicted = int(output.probs.argmax())
+        predicted = int(argmax_indices(output.probs[np.newaxis])[0])
         heat = heat_at_image_size(output.feature_map, classifier.cam_head, predicted, image.size)
         peak = np.unravel_index(heat.argmax(), heat.shape)
         assert row["int8 predicted"]["hit"] == bool(union[peak])

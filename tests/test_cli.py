@@ -33,7 +33,7 @@ from edge_infer.cli import (
     main,
 )
 from edge_infer.datasets import split_files
-from edge_infer.decision import decide
+from edge_infer.decision import argmax_indices, decide
 from edge_infer.manifest import MANIFEST_FILENAME, ModelError, resolve_model
 from edge_infer.ood import ood_fields
 from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
@@ -904,7 +904,7 @@ def expected_figures(classifier: Classifier, images: list[Path], labels: list[st
 
     y = np.array([CLASS_NAMES.index(label) for label in labels])
     probs = np.array([[classifier.classify(p).probs[c] for c in CLASS_NAMES] for p in images])
-    y_pred = probs.argmax(axis=1)
+    y_pred = argmax_indices(probs)
     called = y_pred == 2 if threshold is None else (y_pred == 2) | (probs[:, 2] >= threshold)
     lesion = y != 0
     precision, recall, _, support = metrics.precision_recall_fscore_support(
@@ -998,6 +998,39 @@ def test_evaluate_a_class_tree(classifier: Classifier, test_images: list[Path],
     for file in report["plots"].values():
         data = Path(file).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 1000, file
+
+
+@pytest.fixture(scope="session")
+def tied_scan(classifier: Classifier, busi_root: Path) -> tuple[Path, dict]:
+    """The first BUSI validation or test image whose two largest probabilities are equal (the
+    int8 model's dequantized outputs tie: e.g. val "benign (270).png"), and its decision."""
+    for row in split_files("val") + split_files("test"):
+        decision = classifier.classify(busi_root / row.file).to_dict()
+        first, second = decision["top2"]
+        if first["prob"] == second["prob"]:
+            return busi_root / row.file, decision
+    pytest.skip("the shipped model ties on no BUSI validation or test image")
+
+
+def test_evaluate_counts_a_tie_as_the_class_it_prints(tied_scan: tuple[Path, dict],
+                                                      tmp_path: Path) -> None:
+    scan, decision = tied_scan
+    tied = [entry["label"] for entry in decision["top2"]]
+    assert decision["argmax_prediction"] == max(tied, key=CLASS_NAMES.index)  # the more severe
+    tree = tmp_path / "ties"
+    for label in tied:  # the scan once under each of its two tied classes
+        (tree / label).mkdir(parents=True)
+        shutil.copy(scan, tree / label / scan.name)
+    result, report = evaluate_json(tmp_path, tree)
+    assert_exit(result, 0)
+    printed = [(CLASS_NAMES.index(p["label"]), CLASS_NAMES.index(p["prediction"]))
+               for p in report["predictions"]]
+    assert {p["prediction"] for p in report["predictions"]} == {decision["argmax_prediction"]}
+    counted = np.zeros((len(CLASS_NAMES), len(CLASS_NAMES)), int)
+    for true, predicted in printed:
+        counted[true, predicted] += 1
+    assert report["metrics"]["confusion_matrix"] == counted.tolist()
+    assert report["metrics"]["accuracy"] == 0.5  # right under the severe label only
 
 
 def test_evaluate_a_labels_csv_in_high_sensitivity_mode(classifier: Classifier, manifest: dict,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_infer.decision import decide, requested_mode
+from edge_infer.decision import argmax_indices, decide, ranked_indices, requested_mode
 from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
 
 SEVERITY = {name: rank for rank, name in enumerate(CLASS_NAMES)}
@@ -308,6 +308,19 @@ def test_argmax_is_the_most_severe_of_the_largest(probs: list[float]) -> None:
     assert decision.uncertain == (len(tied) > 1 or decision.margin < UNCERTAIN_MARGIN)
 
 
+integer_rows = st.lists(st.lists(st.integers(0, 3), min_size=3, max_size=3).filter(any),
+                        min_size=1, max_size=12)  # values 0-3: most rows hold a tie
+
+
+@given(integer_rows)
+def test_argmax_indices_is_decide_on_every_row(rows: list[list[int]]) -> None:
+    decisions = [decide([x / sum(row) for x in row]) for row in rows]
+    assert argmax_indices(np.array(rows)).tolist() == [
+        CLASS_NAMES.index(d.argmax_prediction) for d in decisions]
+    assert [order[:2] for order in ranked_indices(np.array(rows)).tolist()] == [
+        [CLASS_NAMES.index(entry["label"]) for entry in d.top2] for d in decisions]
+
+
 @given(probabilities, thresholds, thresholds)
 def test_lowering_the_threshold_never_unflags_malignant(
     probs: list[float], low: float, high: float
@@ -315,3 +328,23 @@ def test_lowering_the_threshold_never_unflags_malignant(
     low, high = sorted((low, high))
     if decide(probs, mode=HS, threshold=high).prediction == "malignant":
         assert decide(probs, mode=HS, threshold=low).prediction == "malignant"
+
+
+# --- the rule on (N, 3) arrays -----------------------------------------------------------------
+
+
+def test_argmax_indices_breaks_ties_like_decide() -> None:
+    rows = np.array([[0.45, 0.45, 0.10], [0.10, 0.45, 0.45], [0.45, 0.10, 0.45],
+                     [1 / 3, 1 / 3, 1 / 3], [0.6, 0.3, 0.1]])
+    assert argmax_indices(rows).tolist() == [1, 2, 2, 2, 0]
+    assert np.argmax(rows, axis=1).tolist() == [0, 1, 0, 0, 0]  # numpy's ties go the other way
+    assert [decide(row).argmax_prediction for row in rows] == [
+        CLASS_NAMES[i] for i in argmax_indices(rows)]
+    assert argmax_indices(np.empty((0, 3))).shape == (0,)
+
+
+@pytest.mark.parametrize("probs", [[0.2, 0.3, 0.5], [[0.5, 0.5]], [[0.5, float("nan"), 0.5]]],
+                         ids=["one-dimensional", "two-classes", "nan"])
+def test_argmax_indices_refuses_what_is_not_n_by_3_probabilities(probs: list) -> None:
+    with pytest.raises(ValueError):
+        argmax_indices(probs)
