@@ -66,8 +66,10 @@ class Settings:
 
 FULL = Settings(quick=False, warmup=10, runs=200, resamples=1000, cold_repeats=3, stride=1,
                 external_stride=1)
+# external_stride 5: each half of the site-profile simulation keeps >= 5 malignant and >= 5 other
+# images, the least a site profile is fitted from (edge_infer.site_profile)
 QUICK = Settings(quick=True, warmup=2, runs=5, resamples=100, cold_repeats=1, stride=10,
-                 external_stride=25)
+                 external_stride=5)
 
 
 def manifest_variants(arch: str, manifest_file: Path) -> tuple[dict[str, VariantSpec], dict]:
