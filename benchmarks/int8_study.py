@@ -5,7 +5,7 @@ with it on BUSI validation and test images: the converter's plain int8 (what `bu
 ships), float fallback for the layers the TFLite quantization debugger ranks worst,
 ai-edge-quantizer recipes (weight-only int8 per op type, static int8), and int8-grid weight
 snapping with empirical bias correction. Everything is fitted on validation images only.
-Writes benchmarks/reports/int8_study.{json,md}; takes ~20 minutes on 2 cores.
+Writes benchmarks/reports/int8_study-<arch>.{json,md}; takes ~20 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def write_markdown(results: dict, path: Path) -> None:
 @click.option("--arch", default="efficientnet-lite0", show_default=True)
 @click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REPORTS,
-              show_default=True, help="Folder for int8_study.json and int8_study.md.")
+              show_default=True, help="Folder for int8_study-<arch>.json and .md.")
 def main(arch: str, busi_dir: str | None, out: Path) -> None:
     source = resolve_model(f"{arch}/keras")
     root = resolve_busi_dir(busi_dir)
@@ -269,9 +269,9 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
                "float32_weight_bytes": float32_weight_bytes(model), "rows": rows,
                "debugger_worst": ranking[:5], "test_margins": margin_counts(keras_probs["test"])}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "int8_study.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, out / "int8_study.md")
-    click.echo(f"wrote {out / 'int8_study.md'}")
+    (out / f"int8_study-{arch}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, out / f"int8_study-{arch}.md")
+    click.echo(f"wrote {out / f'int8_study-{arch}.md'}")
 
 
 if __name__ == "__main__":

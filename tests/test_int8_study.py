@@ -1,5 +1,5 @@
 """benchmarks.int8_study: int8-grid weight snapping, empirical bias correction and the study's
-TFLite runner (the study's own numbers are in benchmarks/reports/int8_study.md)."""
+TFLite runner (its numbers: benchmarks/reports/int8_study-<arch>.md)."""
 
 from __future__ import annotations
 
