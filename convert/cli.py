@@ -32,6 +32,9 @@ from edge_infer.tflite_model import TFLiteModel
 
 DEFAULT_VARIANTS = "float32,float16,int8"
 CALIBRATION = "all BUSI validation images of the split manifest (preprocess_image, uint8)"
+VERIFICATION_NOTE = ("the conversion check against Keras, on uncalibrated probabilities with a "
+                     "threshold chosen on them (BUSI validation split); busi-calibrate then "
+                     "sets the entry's temperature and threshold, which the runtime applies")
 
 
 def _predict(model: TFLiteModel, images: np.ndarray, desc: str) -> np.ndarray:
@@ -162,7 +165,8 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
             "source_model": {"file": source.info["file"], "sha256": source.info["sha256"]},
             "calibration": CALIBRATION if variant == "int8" else None,
             "made_by": f"busi-convert (tensorflow {_tf_version()}, keras {keras.__version__})",
-            "verification": {**report, "targets": targets, "targets_missed": failures,
+            "verification": {"note": VERIFICATION_NOTE, **report, "targets": targets,
+                             "targets_missed": failures,
                              "size_ratio_vs_float32_weights": size_ratio,
                              "feature_output_vs_single_output": extra_output,
                              "keras_test": {k: keras_report["test"][k] for k in

@@ -400,6 +400,7 @@ def test_cli_records_the_verification(passed_run, variant: str) -> None:
     _, folder, _ = passed_run
     entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/{variant}"]
     verification = entry["verification"]
+    assert "uncalibrated" in verification["note"]  # not the runtime's calibrated threshold
     for split, size in (("val", 114), ("test", 114)):
         block = verification[split]
         assert block["n"] == size
