@@ -35,8 +35,7 @@ from benchmarks.metrics import (
 )
 from edge_infer.classifier import Classifier
 from edge_infer.decision import Mode
-from edge_infer.ood import with_ood
-from edge_infer.preprocess import ImageError, decode_image, to_model_input
+from edge_infer.preprocess import ImageError, decode_image
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
 
 SCHEMA_VERSION = 1
@@ -67,11 +66,12 @@ def classify_labelled(classifier: Classifier, items: list[tuple[Path, str]], mod
     """Decode, preprocess and classify each (image, label) exactly as `edge-infer classify`
     does; unreadable images are collected, not raised. A progress bar on stderr if asked."""
     done = Predictions()
+    per_run = {"model", *classifier.calibration_info()}  # in the report once, not per image
     for path, label in tqdm(items, unit="img", file=sys.stderr, disable=not progress):
         try:
             decoded = decode_image(path)
-            output = classifier.run_array(to_model_input(decoded.image))
-            decision = classifier.decide_output(output, mode, threshold)
+            # labelled anyway ("warn"): every figure covers every image, as before the check
+            record, _ = classifier.answer(decoded.image, mode, threshold, "warn")
         except ImageError as err:
             done.failures.append((str(path), str(err)))
             continue
@@ -79,9 +79,7 @@ def classify_labelled(classifier: Classifier, items: list[tuple[Path, str]], mod
             say(f"note: {path}: {note}")
         done.files.append(str(path))
         done.labels.append(CLASS_NAMES.index(label))
-        # labelled anyway ("warn"): every figure covers every image, as before the check
-        done.decisions.append(with_ood(decision.to_dict(),
-                                       classifier.check_ood(output, decoded.image), "warn"))
+        done.decisions.append({k: v for k, v in record.items() if k not in per_run})
     return done
 
 

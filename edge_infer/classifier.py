@@ -20,7 +20,7 @@ from edge_infer.manifest import (
     resolve_model,
 )
 from edge_infer.ood import OodCheck, OodDetector, OodPolicy, load_detector, with_ood
-from edge_infer.preprocess import ImageSource, decode_image, preprocess_image, to_model_input
+from edge_infer.preprocess import ImageSource, preprocess_image, to_model_input
 from edge_infer.site_profile import load_profile
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.tflite_model import ModelOutput, TFLiteModel
@@ -136,12 +136,13 @@ class Classifier:
         """Decode, preprocess and classify one image (path, bytes, file object or PIL image)."""
         return self.classify_array(preprocess_image(source), mode, threshold)
 
-    def result(self, source: ImageSource, mode: Mode = "argmax", threshold: float | None = None,
-               ood_policy: OodPolicy = "refuse") -> dict:
-        """One image's whole answer, as `edge-infer --json` gives it (less `file`): decision,
-        model, calibration and the out-of-distribution check (label withheld when refused)."""
-        decoded = decode_image(source).image
-        output = self.run_array(to_model_input(decoded))
-        return with_ood({**self.decide_output(output, mode, threshold).to_dict(),
-                         "model": self.model_info(), **self.calibration_info()},
-                        self.check_ood(output, decoded), ood_policy)
+    def answer(self, image: Image.Image, mode: Mode = "argmax", threshold: float | None = None,
+               ood_policy: OodPolicy = "refuse") -> tuple[dict, ModelOutput]:
+        """One decoded RGB image's result record (decode_image(...).image), the one the CLI,
+        the server and evaluate give: decision, model, calibration and the out-of-distribution
+        check (prediction None when refused); plus the model's outputs, for a heat-map."""
+        output = self.run_array(to_model_input(image))
+        record = with_ood({**self.decide_output(output, mode, threshold).to_dict(),
+                           "model": self.model_info(), **self.calibration_info()},
+                          self.check_ood(output, image), ood_policy)
+        return record, output

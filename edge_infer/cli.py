@@ -26,7 +26,7 @@ from edge_infer.classifier import Classifier
 from edge_infer.decision import MODES, requested_mode
 from edge_infer.inputs import expand_inputs, labelled_csv, labelled_folder
 from edge_infer.manifest import ModelError, read_manifest
-from edge_infer.ood import POLICIES, ood_message, with_ood
+from edge_infer.ood import POLICIES, ood_message
 from edge_infer.preprocess import ImageError, decode_image, to_model_input
 from edge_infer.site_profile import fit_site_profile, profile_summary_lines, write_profile
 from edge_infer.spec import CLASS_NAMES
@@ -243,16 +243,13 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
     for path in progress:
         try:
             decoded = decode_image(path)
-            output = classifier.run_array(to_model_input(decoded.image))
-            decision = classifier.decide_output(output, mode, threshold)
+            record, output = classifier.answer(decoded.image, mode, threshold, ood_policy)
         except ImageError as err:
             failures.append((str(path), str(err)))
             continue
         for note in decoded.notes:
             say(f"note: {path}: {note}")
-        result = with_ood({"file": str(path), **decision.to_dict(),
-                           "model": classifier.model_info(), **classifier.calibration_info()},
-                          classifier.check_ood(output, decoded.image), ood_policy)
+        result = {"file": str(path), **record}
         if result["in_distribution"] is False:
             tqdm.write(f"{'refused' if result['refused'] else 'warning'}: "
                        f"{ood_message(str(path), result)}", file=sys.stderr)
@@ -267,9 +264,8 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
             say(f"note: no heat-map written for {path}: refused as not breast ultrasound "
                 "(--ood warn labels it and draws one)")
         elif heatmap:
-            _write_heatmap(classifier.heatmap(decoded.image, output,
-                                              heatmap_class or decision.prediction),
-                           heatmap, heatmap_class or decision.prediction, say)
+            label = heatmap_class or result["prediction"]
+            _write_heatmap(classifier.heatmap(decoded.image, output, label), heatmap, label, say)
     for name, reason in failures:
         click.echo(f"error: {name}: {reason}", err=True)
     if failures or refused:

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from PIL import Image
 
 from edge_infer.classifier import Classifier
-from edge_infer.decision import Decision, Mode
+from edge_infer.decision import Mode
 from edge_infer.manifest import ModelEntry
-from edge_infer.ood import OodCheck
-from edge_infer.preprocess import ImageSource, decode_image, to_model_input
+from edge_infer.ood import OodPolicy
+from edge_infer.preprocess import ImageSource, decode_image
 
 
 class ClassifierPool:
@@ -27,7 +27,6 @@ class ClassifierPool:
         classifiers = [Classifier(model, threads=threads, site=site) for _ in range(size)]
         self.size = size
         self.entry: ModelEntry = classifiers[0].entry
-        self.model_info = classifiers[0].model_info()
         self.has_heatmap = classifiers[0].has_heatmap
         self.calibration_info = classifiers[0].calibration_info()
         self._idle: queue.Queue[Classifier] = queue.Queue()
@@ -45,16 +44,14 @@ class ClassifierPool:
 
     def classify_checked(self, source: ImageSource, mode: Mode = "argmax",
                          threshold: float | None = None, heatmap: bool = False,
-                         ) -> tuple[Decision, OodCheck | None, Image.Image | None]:
-        """Decode (no interpreter needed), then on a free Classifier: the decision, the check
-        that the image looks like a breast ultrasound (edge_infer/ood.py) and, if asked, the
-        decoded image with the predicted class's heat-map overlaid."""
+                         ood_policy: OodPolicy = "refuse") -> tuple[dict, Image.Image | None]:
+        """Decode (no interpreter needed), then on a free Classifier: the image's result record
+        (Classifier.answer: decision and the check that it looks like a breast ultrasound) and,
+        if asked and the label is not withheld, the decoded image with the predicted class's
+        heat-map overlaid."""
         decoded = decode_image(source)
-        image = to_model_input(decoded.image)
         with self.borrow() as classifier:
-            output = classifier.run_array(image)
-            decision = classifier.decide_output(output, mode, threshold)
-            check = classifier.check_ood(output, decoded.image)
-            overlay = (classifier.heatmap(decoded.image, output, decision.prediction)
-                       if heatmap else None)
-            return decision, check, overlay
+            record, output = classifier.answer(decoded.image, mode, threshold, ood_policy)
+            overlay = (classifier.heatmap(decoded.image, output, record["prediction"])
+                       if heatmap and not record["refused"] else None)
+            return record, overlay

@@ -1,9 +1,8 @@
 """The web app: an upload page and a JSON API over a pool of edge classifiers.
 
-Results use the CLI's code path and schema (decode_image -> to_model_input ->
-Classifier.run_array -> decide_output, plus the out-of-distribution check) and inference runs
-in worker threads, so the event loop is never blocked and no two requests share an
-interpreter. `edge-infer serve` runs it.
+Results use the CLI's code path and schema (decode_image -> Classifier.answer: decision plus
+the out-of-distribution check) and inference runs in worker threads, so the event loop is never
+blocked and no two requests share an interpreter. `edge-infer serve` runs it.
 """
 
 import os
@@ -20,7 +19,7 @@ from edge_infer.api_models import ErrorMessage, Health, ManifestEntry, Predictio
 from edge_infer.body_limit import TOO_LARGE, BodySizeLimit
 from edge_infer.cam import png_data_url
 from edge_infer.decision import Mode, requested_mode
-from edge_infer.ood import OodPolicy, with_ood
+from edge_infer.ood import OodPolicy
 from edge_infer.pool import ClassifierPool
 from edge_infer.preprocess import ImageError, NotAnImage
 
@@ -106,16 +105,15 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
         if len(data) > max_upload_bytes:
             raise HTTPException(TOO_LARGE, too_large)
         try:
-            decision, check, overlay = await run_in_threadpool(
-                pool.classify_checked, data, chosen_mode, threshold, heatmap)
+            record, overlay = await run_in_threadpool(
+                pool.classify_checked, data, chosen_mode, threshold, heatmap, ood)
         except NotAnImage as err:
             raise HTTPException(UNSUPPORTED, str(err)) from None
         except ImageError as err:
             raise HTTPException(UNPROCESSABLE, str(err)) from None
-        result = with_ood({"file": file.filename or "", **decision.to_dict(),
-                           "model": pool.model_info, **pool.calibration_info}, check, ood)
-        if overlay is not None and not result["refused"]:  # no evidence for a withheld label
-            result["heatmap"] = {"label": decision.prediction, "width": overlay.width,
+        result = {"file": file.filename or "", **record}
+        if overlay is not None:  # none for a refused image: no evidence for a withheld label
+            result["heatmap"] = {"label": record["prediction"], "width": overlay.width,
                                  "height": overlay.height, "png": png_data_url(overlay)}
         return result
 

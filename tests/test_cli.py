@@ -29,6 +29,7 @@ from edge_infer.cli import (
     CALIBRATE_EXIT_CODES,
     CLASSIFY_EXIT_CODES,
     EVALUATE_EXIT_CODES,
+    EXIT_REFUSED,
     PROGRESS_MIN_IMAGES,
     main,
 )
@@ -36,6 +37,7 @@ from edge_infer.datasets import split_files
 from edge_infer.decision import argmax_indices, decide
 from edge_infer.manifest import MANIFEST_FILENAME, ModelError, resolve_model
 from edge_infer.ood import ood_fields
+from edge_infer.preprocess import decode_image
 from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
 
 DECISION_KEYS = ("prediction", "argmax_prediction", "forced_malignant", "mode", "threshold",
@@ -43,6 +45,8 @@ DECISION_KEYS = ("prediction", "argmax_prediction", "forced_malignant", "mode", 
 RESULT_KEYS = {*DECISION_KEYS, "file", "model", "temperature", "profile",
                *ood_fields(None, "refuse")}
 MODEL_KEYS = {"key", "variant", "sha256"}
+RECORD_KEYS = [*DECISION_KEYS, "model", "temperature", "profile", *ood_fields(None, "refuse")]
+PER_RUN_KEYS = ("model", "temperature", "profile")  # evaluate states them once per report
 CSV_HEADER = ["file", "prediction", "argmax_prediction", "prob_normal", "prob_benign",
               "prob_malignant", "forced_malignant", "uncertain", "threshold", "margin",
               "temperature", "profile", "in_distribution", "ood_score"]
@@ -327,6 +331,25 @@ def test_json_equals_the_python_api(classifier: Classifier, manifest: dict,
         assert_matches_api(line, classifier.classify(path).to_dict())
         assert line["model"] == {"key": key, "variant": "int8",
                                  "sha256": manifest["models"][key]["sha256"]}
+
+
+def test_json_lines_are_the_classifiers_answer(classifier: Classifier, test_images: list[Path],
+                                               not_ultrasound: Path) -> None:
+    """Each --json line is Classifier.answer's record byte for byte, keys in schema order; a
+    refused image withholds `prediction` but keeps what the model computed."""
+    images = [*test_images[:2], not_ultrasound]
+    result = run("--json", "--threads", 1, *images)
+    assert_exit(result, EXIT_REFUSED)
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(images)
+    for line, path in zip(lines, images):
+        record, _ = classifier.answer(decode_image(path).image)
+        assert line == json.dumps({"file": str(path), **record})
+        assert list(json.loads(line)) == ["file", *RECORD_KEYS]
+    refused = json.loads(lines[-1])
+    assert refused["refused"] is True and refused["prediction"] is None
+    assert refused["argmax_prediction"] == refused["top2"][0]["label"]
+    assert refused["argmax_prediction"] in CLASS_NAMES  # computed, shown for inspection only
 
 
 def test_csv_header_and_rows(classifier: Classifier, test_images: list[Path]) -> None:
@@ -895,6 +918,26 @@ def evaluate_json(tmp_path: Path, *args: object) -> tuple[Result, dict | None]:
     out.unlink(missing_ok=True)
     result = run("evaluate", *args, "--resamples", FEW_RESAMPLES, "--json", out)
     return result, json.loads(out.read_text()) if out.is_file() else None
+
+
+def test_evaluate_predictions_are_the_classifiers_answer(classifier: Classifier,
+                                                         test_images: list[Path],
+                                                         tmp_path: Path) -> None:
+    """evaluate's per-image predictions are Classifier.answer's records (labelled anyway: ood
+    warn) less the model and calibration fields, which the report states once."""
+    images = class_tree(tmp_path / "study", [test_images[0], test_images[3], test_images[-1]])
+    result, report = evaluate_json(tmp_path, tmp_path / "study", "--threads", 1)
+    assert_exit(result, 0)
+    assert [p["file"] for p in report["predictions"]] == [str(path) for path in images]
+    for prediction, path in zip(report["predictions"], images):
+        record, _ = classifier.answer(decode_image(path).image, ood_policy="warn")
+        assert {key: record[key] for key in PER_RUN_KEYS} == {
+            "model": report["model"], "temperature": report["temperature"],
+            "profile": report["profile"]}
+        assert prediction == {"file": str(path), "label": path.parent.name,
+                              **{k: v for k, v in record.items() if k not in PER_RUN_KEYS}}
+        assert list(prediction) == ["file", "label",
+                                    *(key for key in RECORD_KEYS if key not in PER_RUN_KEYS)]
 
 
 def expected_figures(classifier: Classifier, images: list[Path], labels: list[str],

@@ -37,6 +37,7 @@ from edge_infer.ood import (
     max_softmax_score,
     ood_fields,
 )
+from edge_infer.preprocess import ImageSource, decode_image
 from edge_infer.server import create_app
 
 REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "reports" / JSON_NAME
@@ -166,6 +167,11 @@ def test_threshold_flags_the_allowed_share_midway_between_scores() -> None:
 # --- parameters and thresholds from the manifest ---------------------------------------------
 
 
+def record_of(classifier: Classifier, source: ImageSource) -> dict:
+    """The result record `edge-infer --json` gives for one image (less `file`)."""
+    return classifier.answer(decode_image(source).image)[0]
+
+
 @pytest.fixture(scope="module")
 def checked(classifier: Classifier) -> Classifier:
     """The shipped int8 classifier, which must have a fitted check."""
@@ -179,7 +185,7 @@ def scan(busi_root: Path, checked: Classifier) -> Path:
     """A BUSI test image the shipped check passes."""
     for row in split_files("test"):
         path = busi_root / row.file
-        if checked.result(path)["in_distribution"]:
+        if record_of(checked, path)["in_distribution"]:
             return path
     raise AssertionError("the check flags every BUSI test image")
 
@@ -204,12 +210,12 @@ def copied_models(tmp_path: Path, manifest: dict, ood: dict | None) -> Path:
 def test_thresholds_come_from_the_manifest(checked: Classifier, manifest: dict, scan: Path,
                                            tmp_path: Path) -> None:
     shipped = checked.entry.info["ood"]
-    result = checked.result(scan)
+    result = record_of(checked, scan)
     assert result["ood_threshold"] == shipped["threshold"]
     assert result["in_distribution"] is True and result["ood_score"] <= shipped["threshold"]
     lowered = copied_models(tmp_path, manifest,
                             {**shipped, "threshold": result["ood_score"] / 2})
-    strict = Classifier("int8", manifest_file=lowered).result(scan)
+    strict = record_of(Classifier("int8", manifest_file=lowered), scan)
     assert strict["in_distribution"] is False and strict["refused"] is True
     assert strict["ood_threshold"] == result["ood_score"] / 2
     assert strict["prediction"] is None and strict["argmax_prediction"] is not None
@@ -237,7 +243,7 @@ def test_a_model_without_a_fitted_check_says_so(manifest: dict, scan: Path,
                                                 tmp_path: Path) -> None:
     manifest_file = copied_models(tmp_path, manifest, None)
     unchecked = Classifier("int8", manifest_file=manifest_file)
-    result = unchecked.result(scan)
+    result = record_of(unchecked, scan)
     assert unchecked.ood is None
     assert {k: result[k] for k in ood_fields(None, "refuse")} == ood_fields(None, "refuse")
     assert result["prediction"] is not None
@@ -259,7 +265,7 @@ def report(checked: Classifier) -> dict:
 
 
 def flagged_share(classifier: Classifier, sources: list) -> float:
-    return float(np.mean([not classifier.result(source)["in_distribution"]
+    return float(np.mean([not record_of(classifier, source)["in_distribution"]
                           for source in sources]))
 
 

@@ -27,8 +27,9 @@ from fastapi.testclient import TestClient
 from edge_infer.classifier import Classifier
 from edge_infer.cli import main
 from edge_infer.datasets import split_files
-from edge_infer.decision import Decision, decide
-from edge_infer.ood import ood_fields
+from edge_infer.decision import Decision, Mode, decide
+from edge_infer.ood import OodPolicy, ood_fields
+from edge_infer.preprocess import decode_image
 from edge_infer.server import FORM_OVERHEAD_BYTES, STATIC_DIR, create_app
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.tflite_model import ModelOutput
@@ -103,9 +104,11 @@ def post(client: TestClient | httpx.Client, path: Path, data: dict | None = None
                        data=data or {})
 
 
-def expected(classifier: Classifier, path: Path, *args) -> dict:
+def expected(classifier: Classifier, path: Path, mode: Mode = "argmax",
+             threshold: float | None = None, ood_policy: OodPolicy = "refuse") -> dict:
     """What `edge-infer --json` says about `path`, named as the upload is."""
-    return {"file": path.name, **classifier.result(path, *args)}
+    record, _ = classifier.answer(decode_image(path).image, mode, threshold, ood_policy)
+    return {"file": path.name, **record}
 
 
 # --- no model needed -----------------------------------------------------------------------
@@ -146,6 +149,22 @@ def test_results_equal_the_classifier_and_the_cli(client: TestClient, classifier
     assert cli.exit_code == 0, cli.output
     cli_results = [json.loads(line) for line in cli.stdout.splitlines()]
     assert [{**r, "file": Path(r["file"]).name} for r in cli_results] == answers
+
+
+def test_a_refused_upload_gets_no_heatmap(client: TestClient, classifier: Classifier,
+                                          not_ultrasound: Path) -> None:
+    """No heat-map for a withheld label; the record is still the classifier's (prediction
+    null, what the model computed kept); --ood warn labels it and draws the map."""
+    if not classifier.has_heatmap:
+        pytest.skip(f"{classifier.entry.key} gives no heat-map (no feature-map output)")
+    refused = post(client, not_ultrasound, {"heatmap": "true"}).json()
+    assert refused == expected(classifier, not_ultrasound)
+    assert refused["prediction"] is None and refused["argmax_prediction"] in CLASS_NAMES
+    warned = post(client, not_ultrasound, {"heatmap": "true", "ood": "warn"}).json()
+    heatmap = warned.pop("heatmap")
+    assert warned == expected(classifier, not_ultrasound, ood_policy="warn")
+    assert heatmap["label"] == warned["prediction"] == warned["argmax_prediction"]
+    assert heatmap["png"].startswith("data:image/png;base64,")
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.37, 1.0])
@@ -486,7 +505,7 @@ def test_not_ultrasound_in_headless_chromium(live_url: str, classifier: Classifi
         driver.find_element(By.ID, "ood-warn").click()
         wait.until(lambda _: prediction.text != "No label")
         warned = (alert.text, prediction.text.lower())
-    api = classifier.result(path, ood_policy="warn")
+    api = expected(classifier, path, ood_policy="warn")
     assert "does not look like a breast ultrasound" in refused[0]
     assert "should not be trusted" in refused[0] and refused[1] == "No label"
     assert "labelled anyway" in warned[0] and warned[1] == api["prediction"]
