@@ -43,22 +43,29 @@ class Heatmap(BaseModel):
 
 
 class Prediction(BaseModel):
-    """One classified upload (the schema of `edge-infer --json`)."""
+    """One classified upload (the schema of `edge-infer --json`). For a refused image
+    (refused true) `prediction` is null; the other fields describe what the model computed, for
+    inspection only: not a label."""
 
     file: str = Field(description="The uploaded file's name.")
     prediction: Optional[ClassName] = Field(
         description="The label to report (malignant when forced); null when refused: the image "
                     "does not look like a breast ultrasound.")
-    argmax_prediction: ClassName = Field(description="The most probable class.")
+    argmax_prediction: ClassName = Field(
+        description="The most probable class. Given for a refused image too, for inspection "
+                    "only: not a label (read prediction).")
     forced_malignant: bool = Field(
         description="High-sensitivity mode called the image malignant because prob_malignant "
-                    ">= threshold, although another class was more probable.")
+                    ">= threshold, although another class was more probable; false when "
+                    "refused.")
     mode: Mode
     threshold: Optional[float] = Field(
         description="The high-sensitivity threshold applied; null in argmax mode.")
     probs: Probabilities  # type: ignore[valid-type]
     prob_malignant: float
-    top2: list[RankedClass]
+    top2: list[RankedClass] = Field(
+        description="The two most probable classes. Given for a refused image too, for "
+                    "inspection only: not a label.")
     margin: float = Field(description="Top probability minus the second.")
     uncertain: bool = Field(
         description=f"margin < {UNCERTAIN_MARGIN}: the model barely prefers its answer.")

@@ -258,6 +258,8 @@ def test_health_model_and_openapi(client: TestClient, manifest: dict) -> None:
     assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/Prediction")
     fields = schema["components"]["schemas"]["Prediction"]["properties"]
     assert "Heatmap" in str(fields.pop("heatmap"))  # only in answers asking for it
+    for computed in ("argmax_prediction", "top2"):  # kept when refused: say it is no label
+        assert "for inspection only" in fields[computed]["description"], computed
     assert set(fields) == DECISION_FIELDS | {"file", "model", "temperature", "profile",
                                              *ood_fields(None, "refuse")}
     assert {"413", "415", "422"} <= set(schema["paths"]["/predict"]["post"]["responses"])
