@@ -97,11 +97,9 @@ class TFLiteModel:
 
     @property
     def input_dtype(self) -> str:
+        """The input tensor's dtype name: 'uint8' (int8 model, fed the image as is) or
+        'float32' (run casts the uint8 image)."""
         return np.dtype(self.input["dtype"]).name
-
-    @property
-    def output_dtype(self) -> str:
-        return np.dtype(self.output["dtype"]).name
 
     def io_spec(self) -> dict:
         """Input, output (probabilities) and, if present, feature_map: dtype, shape and
