@@ -67,9 +67,12 @@ DEFAULTS = TrainConfig()
               default=None, help="Do not train: evaluate this trained .keras model as a run "
               "(OUT gets results.json and a copy of the model; pass the options it was "
               "trained with, e.g. --bus-bra).")
-def main(arch, weights, out, busi_dir, split_file, head_epochs, finetune_epochs, head_lr,
-         finetune_lr, batch_size, dropout, patience, class_weight_power, unfreeze_from, seed,
-         fold, cv, limit, bus_bra, busi_train, site_levers, bus_bra_dir, trained) -> None:
+def main(arch: str, weights: str, out: Path, busi_dir: str | None, split_file: str | None,
+         head_epochs: int, finetune_epochs: int, head_lr: float, finetune_lr: float,
+         batch_size: int, dropout: float, patience: int, class_weight_power: float,
+         unfreeze_from: str | None, seed: int, fold: int | None, cv: bool, limit: int | None,
+         bus_bra: bool, busi_train: bool, site_levers: bool, bus_bra_dir: str | None,
+         trained: Path | None) -> None:
     from train.recipe import cross_validate, evaluate_trained, fit
 
     if cv and fold is not None:
