@@ -227,9 +227,9 @@ def test_targets_without_measurements_are_not_judged() -> None:
 
 
 def test_freeze_extra_inputs_drops_unread_and_freezes_read_ones(tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
-    keras = pytest.importorskip("keras")
-    import onnxruntime as ort
+    onnx = pytest.importorskip("onnx", reason="onnx (the [bench] extra) not installed")
+    keras = pytest.importorskip("keras", reason="keras (the [bench] extra) not installed")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the [bench] extra) not installed")
     from onnx import TensorProto, helper
 
     from benchmarks.onnx_variant import freeze_extra_inputs
@@ -260,8 +260,8 @@ def test_freeze_extra_inputs_drops_unread_and_freezes_read_ones(tmp_path: Path) 
 
 
 def test_an_unknown_extra_input_is_refused(tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
-    keras = pytest.importorskip("keras")
+    onnx = pytest.importorskip("onnx", reason="onnx (the [bench] extra) not installed")
+    keras = pytest.importorskip("keras", reason="keras (the [bench] extra) not installed")
     from onnx import TensorProto, helper
 
     from benchmarks.onnx_variant import OnnxUnavailable, freeze_extra_inputs
@@ -482,7 +482,7 @@ LOAD_KEYS = {"schema_version", "created", "command", "server", "requests", "clie
 
 def test_load_test_answers_equal_single_requests(tmp_path: Path, busi_root: Path,
                                                  manifest: dict) -> None:
-    pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn", reason="uvicorn (the [serve] extra) not installed")
     from benchmarks import load
 
     result = CliRunner().invoke(load.main, ["--requests", "16", "--clients", "4", "--timeout",

@@ -234,7 +234,8 @@ def test_upsampling_keeps_each_cell_over_the_part_of_the_image_it_saw(size, row,
 
 
 def test_colour_table_is_turbo() -> None:
-    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib = pytest.importorskip("matplotlib", reason="matplotlib (the [evaluate] extra) "
+                                                          "not installed")
     turbo = matplotlib.colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255
     assert COLOUR_TABLE.shape == (256, 3) and COLOUR_TABLE.dtype == np.uint8
     assert np.abs(COLOUR_TABLE.astype(float) - turbo).max() <= 7.5
