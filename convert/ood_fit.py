@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from convert.validation import trained_on_bus_bra
 from edge_infer.datasets import (
+    BUS_BRA_SPLIT_FILENAME,
     SPLIT_FILENAME,
     SplitRow,
     bus_bra_split_files,
@@ -92,6 +93,12 @@ def pooled_features(model: TFLiteModel, images: np.ndarray, desc: str) -> np.nda
                      for image in tqdm(images, desc=desc, leave=False)])
 
 
+def split_sha256s(split_file: Path, both_sites: bool) -> dict[str, str]:
+    """sha256 of each split file the fit read: BUSI's, and BUS-BRA's for a model trained on both."""
+    files = [split_file] + ([split_file.parent / BUS_BRA_SPLIT_FILENAME] if both_sites else [])
+    return {path.name: sha256_of(path) for path in files}
+
+
 @click.command(help=__doc__)
 @click.option("--arch", default=None,
               help="Fit this architecture's models only (default: every architecture).")
@@ -129,7 +136,7 @@ def main(arch: str | None, variants: str | None, components: int, false_alarm: f
             f"{'named ' + ', '.join(missing) + ' ' if missing else ''}in {manifest_file} "
             f"(there are: {', '.join(fittable) or 'none'}; busi-convert makes them)")
     loaded: dict[bool, dict[str, SplitImages]] = {}
-    entries, split_sha256 = {}, sha256_of(split_file)
+    entries = {}
     for key in keys:
         try:
             entry = resolve_model(key, manifest_file)  # sha256-checked
@@ -163,7 +170,8 @@ def main(arch: str | None, variants: str | None, components: int, false_alarm: f
             "val_false_alarm": float(flagged.mean()), "val_flagged": int(flagged.sum()),
             "val_images": len(val_scores), "train_images": len(data["train"].labels),
             "fitted_on": f"pooled features of this model file on the {sites} train split",
-            "threshold_chosen_on": f"{sites} val split", "split_sha256": split_sha256,
+            "threshold_chosen_on": f"{sites} val split",
+            "split_sha256s": split_sha256s(split_file, both_sites),
             "model_sha256": entry.info["sha256"], "made_by": "busi-ood-fit",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }}

@@ -221,6 +221,20 @@ def test_thresholds_come_from_the_manifest(checked: Classifier, manifest: dict, 
     assert strict["prediction"] is None and strict["argmax_prediction"] is not None
 
 
+def test_the_fit_records_every_split_file_it_read(checked: Classifier) -> None:
+    from convert.ood_fit import split_sha256s
+    from convert.validation import trained_on_bus_bra
+    from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, SPLIT_FILENAME
+    from edge_infer.manifest import manifest_path, sha256_of
+
+    folder = manifest_path().parent
+    both = trained_on_bus_bra(manifest_path(), checked.entry.info["arch"])
+    expected = {name: sha256_of(folder / name)
+                for name in [SPLIT_FILENAME] + ([BUS_BRA_SPLIT_FILENAME] if both else [])}
+    assert split_sha256s(folder / SPLIT_FILENAME, both) == expected
+    assert checked.entry.info["ood"]["split_sha256s"] == expected  # the shipped fit
+
+
 def test_ood_parameters_are_checked_like_model_files(checked: Classifier, manifest: dict,
                                                      tmp_path: Path) -> None:
     shipped = checked.entry.info["ood"]
