@@ -41,7 +41,7 @@ def tflite_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
     interpreter = Interpreter(model_content=model_bytes, num_threads=2)
     interpreter.allocate_tensors()
     source = interpreter.get_input_details()[0]
-    target = next(o for o in interpreter.get_output_details() if o["shape"][-1] == 3)
+    target = next(o for o in interpreter.get_output_details() if len(o["shape"]) == 2)
     rows = []
     for image in images:
         pixels = image[None].astype(np.float32)
@@ -213,6 +213,10 @@ def write_markdown(results: dict, path: Path) -> None:
     lines += ["", "Debugger ranking (RMSE in quantization steps, validation images), worst 5:", ""]
     lines += [f"- {row['rmse_steps']:.2f} {row['op']} `{row['tensor'][:90]}`"
               for row in results["debugger_worst"]]
+    lines += ["", "The same after int8-grid snapping and bias correction (1/√12 = 0.29 steps is "
+              "pure rounding), worst 5:", ""]
+    lines += [f"- {row['rmse_steps']:.2f} {row['op']} `{row['tensor'][:90]}`"
+              for row in results["debugger_worst_after_snapping"]]
     margins = ", ".join(f"{count} below {limit.removeprefix('below_')}"
                         for limit, count in results["test_margins"].items())
     lines += ["", f"Test images the Keras model barely decides (top-2 probability margin): "
@@ -265,9 +269,12 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
                     for split, images in data.items()}})
     measure("int8 of the grid-snapped, bias-corrected model",
             convert_model(corrected, "int8", calibration))
+    corrected_ranking = debugger_ranking(corrected, calibration)
     results = {"model": f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})",
                "float32_weight_bytes": float32_weight_bytes(model), "rows": rows,
-               "debugger_worst": ranking[:5], "test_margins": margin_counts(keras_probs["test"])}
+               "debugger_worst": ranking[:5],
+               "debugger_worst_after_snapping": corrected_ranking[:5],
+               "test_margins": margin_counts(keras_probs["test"])}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"int8_study-{arch}.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / f"int8_study-{arch}.md")

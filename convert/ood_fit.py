@@ -20,9 +20,8 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from convert.validation import trained_on_bus_bra
+from convert.validation import split_sha256s, trained_on_bus_bra
 from edge_infer.datasets import (
-    BUS_BRA_SPLIT_FILENAME,
     SPLIT_FILENAME,
     SplitRow,
     bus_bra_split_files,
@@ -37,7 +36,6 @@ from edge_infer.manifest import (
     file_facts,
     read_manifest,
     resolve_model,
-    sha256_of,
     update_manifest,
 )
 from edge_infer.ood import (
@@ -91,12 +89,6 @@ def pooled_features(model: TFLiteModel, images: np.ndarray, desc: str) -> np.nda
     """The model's pooled features (N, C) of preprocessed images."""
     return np.stack([model.run(image).pooled_features
                      for image in tqdm(images, desc=desc, leave=False)])
-
-
-def split_sha256s(split_file: Path, both_sites: bool) -> dict[str, str]:
-    """sha256 of each split file the fit read: BUSI's, and BUS-BRA's for a model trained on both."""
-    files = [split_file] + ([split_file.parent / BUS_BRA_SPLIT_FILENAME] if both_sites else [])
-    return {path.name: sha256_of(path) for path in files}
 
 
 @click.command(help=__doc__)
@@ -171,7 +163,7 @@ def main(arch: str | None, variants: str | None, components: int, false_alarm: f
             "val_images": len(val_scores), "train_images": len(data["train"].labels),
             "fitted_on": f"pooled features of this model file on the {sites} train split",
             "threshold_chosen_on": f"{sites} val split",
-            "split_sha256s": split_sha256s(split_file, both_sites),
+            "split_sha256s": split_sha256s(folder, both_sites),
             "model_sha256": entry.info["sha256"], "made_by": "busi-ood-fit",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }}

@@ -29,6 +29,13 @@ def trained_on_bus_bra(manifest_file: Path, arch: str) -> bool:
     return bool(keras_entry.get("training", {}).get("config", {}).get("bus_bra"))
 
 
+def split_sha256s(folder: Path, both_sites: bool) -> dict[str, str]:
+    """sha256 of each split file a fit reads: BUSI's, and BUS-BRA's for a model trained on
+    both sites."""
+    names = [SPLIT_FILENAME] + ([BUS_BRA_SPLIT_FILENAME] if both_sites else [])
+    return {name: sha256_of(folder / name) for name in names}
+
+
 def validation_set(manifest_file: Path, arch: str, busi_dir: str | None = None,
                    bus_bra_dir: str | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(uint8 images, labels, description with split files and sha256s) of the model's
@@ -37,15 +44,14 @@ def validation_set(manifest_file: Path, arch: str, busi_dir: str | None = None,
     busi_split = folder / SPLIT_FILENAME
     images, labels = load_images(split_files("val", busi_split), resolve_busi_dir(busi_dir),
                                  desc="BUSI val")
-    described = {"sets": ["BUSI val"], "splits": {busi_split.name: sha256_of(busi_split)}}
-    if trained_on_bus_bra(manifest_file, arch):
-        site_split = folder / BUS_BRA_SPLIT_FILENAME
+    both_sites = trained_on_bus_bra(manifest_file, arch)
+    described = {"sets": ["BUSI val"], "splits": split_sha256s(folder, both_sites)}
+    if both_sites:
         site_images, site_labels = load_images(bus_bra_split_files("val", folder),
                                                resolve_bus_bra_dir(bus_bra_dir),
                                                desc="BUS-BRA val")
         images = np.concatenate([images, site_images])
         labels = np.concatenate([labels, site_labels])
         described["sets"].append("BUS-BRA val")
-        described["splits"][site_split.name] = sha256_of(site_split)
     described["images"] = int(len(labels))
     return images, labels, described

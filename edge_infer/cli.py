@@ -1,8 +1,7 @@
 """`edge-infer`: classify breast-ultrasound images with the shipped TFLite model, evaluate it
 on a labelled set of images, or fit a site profile from them.
 
-Each command's exit codes are in its --help (CLASSIFY_EXIT_CODES, EVALUATE_EXIT_CODES,
-CALIBRATE_EXIT_CODES below).
+Each command's exit codes are in its --help (the *_EXIT_CODES epilogs below).
 """
 
 from __future__ import annotations
@@ -57,6 +56,10 @@ CALIBRATE_EXIT_CODES = (
     "be written; 2 usage error, also no malignant image among the labels; 3 some images could "
     "not be read (each named on stderr; the profile is still written from the others); 4 some "
     "labels are not class names (likewise; takes precedence over 3).")
+INFO_EXIT_CODES = "Exit codes: 0 manifest listed; 1 the manifest cannot be read."
+SERVE_EXIT_CODES = (
+    "Exit codes: 0 stopped (Ctrl-C); 1 the [serve] extra is not installed or the model or the "
+    "--site profile cannot be loaded; 2 usage error.")
 DEFAULT_THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -294,7 +297,7 @@ def calibration_note(classifier: Classifier) -> str:
             f"{calibration.profile})")
 
 
-@main.command()
+@main.command(epilog=INFO_EXIT_CODES)
 @click.option("--json", "as_json", is_flag=True, help="The manifest as JSON.")
 def info(as_json: bool) -> None:
     """The shipped models: file, size, threshold and test-split figures."""
@@ -427,7 +430,7 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-@main.command()
+@main.command(epilog=SERVE_EXIT_CODES)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. The app has no authentication: keep it on loopback "
                    "unless the network is trusted.")
@@ -442,10 +445,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 @site_option
 def serve(host: str, port: int, model_name: str, threads: int, workers: int,
           max_upload_mb: int, site: Path | None) -> None:
-    """Serve the upload page and the JSON API (POST /predict, /docs) with uvicorn.
-
-    Exits 1 when the [serve] extra is not installed or the model cannot be loaded.
-    """
+    """Serve the upload page and the JSON API (POST /predict, /docs) with uvicorn."""
     try:
         import python_multipart  # noqa: F401  (FastAPI parses uploads with it)
         import uvicorn

@@ -18,7 +18,8 @@ from edge_infer.preprocess import ImageSource, decode_image
 
 
 class ClassifierPool:
-    """`size` Classifiers of one model; `classify` blocks until one is free."""
+    """`size` Classifiers of one model; `borrow` (and `classify_checked`) block until one is
+    free."""
 
     def __init__(self, model: str = "int8", threads: int = 1, size: int = 2,
                  site: str | os.PathLike | None = None) -> None:

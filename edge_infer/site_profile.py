@@ -103,11 +103,15 @@ def profile_warnings(n_malignant: int, interval_low: float | None, new_cases: fl
     refits that fall below it on images they did not see."""
     found = []
     if temperature is not None and at_search_bound(temperature):
+        low = temperature < math.sqrt(TEMPERATURE_BOUNDS[0] * TEMPERATURE_BOUNDS[1])
+        why = ("every one is already classified right with margin to spare, so the calibrated "
+               "probabilities are pushed to 0 and 1" if low else
+               "the model is confidently wrong on them, so the calibrated probabilities are "
+               "flattened towards one third each")
         found.append(f"the fitted temperature {temperature:.3g} sits at a bound of its search "
                      f"range [{TEMPERATURE_BOUNDS[0]}, {TEMPERATURE_BOUNDS[1]}]: these images "
-                     "do not pin it down (e.g. every one already classified right with margin "
-                     "to spare), so the calibrated probabilities are pushed to the extremes; "
-                     "add images, including ones the model finds hard")
+                     f"do not pin it down ({why}); add images, including ones the model finds "
+                     "hard")
     if n_malignant < MIN_MALIGNANT:
         found.append(f"only {n_malignant} malignant image(s): at least {MIN_MALIGNANT} are "
                      f"needed before a sensitivity of {target:.2f} can be measured (with fewer, "

@@ -241,10 +241,11 @@ def test_many_malignant_images_mostly_classified_right_give_no_warning() -> None
     assert profile["warnings"] == []
 
 
-@pytest.mark.parametrize(("offset", "bound"), [(4.0, 0), (-4.0, 1)],
+@pytest.mark.parametrize(("offset", "bound", "effect"),
+                         [(4.0, 0, "pushed to 0 and 1"), (-4.0, 1, "flattened towards one third")],
                          ids=["all-right-with-margin", "all-confidently-wrong"])
-def test_a_temperature_at_a_bound_of_its_search_range_is_warned(offset: float,
-                                                                bound: int) -> None:
+def test_a_temperature_at_a_bound_of_its_search_range_is_warned(offset: float, bound: int,
+                                                                effect: str) -> None:
     """Every image right with margin to spare drives T to the lower bound (probabilities pushed
     to 0 and 1), every one confidently wrong to the upper: the images did not pin T down."""
     rng = np.random.default_rng(9)
@@ -253,7 +254,7 @@ def test_a_temperature_at_a_bound_of_its_search_range_is_warned(offset: float,
     profile = fit_site_profile(probs, labels, MODEL, {}, n_resamples=FEW_RESAMPLES)
     assert profile["temperature"] == pytest.approx(TEMPERATURE_BOUNDS[bound], rel=1e-6)
     [warning] = [w for w in profile["warnings"] if "bound of its search range" in w]
-    assert f"{profile['temperature']:.3g}" in warning
+    assert f"{profile['temperature']:.3g}" in warning and effect in warning
 
 
 def test_a_profile_needs_malignant_images() -> None:

@@ -30,7 +30,9 @@ from edge_infer.cli import (
     CLASSIFY_EXIT_CODES,
     EVALUATE_EXIT_CODES,
     EXIT_REFUSED,
+    INFO_EXIT_CODES,
     PROGRESS_MIN_IMAGES,
+    SERVE_EXIT_CODES,
     main,
 )
 from edge_infer.datasets import split_files
@@ -257,7 +259,9 @@ def one_line(text: str) -> str:
     ("classify", CLASSIFY_EXIT_CODES, ["0", "1", "2", "3", "5"]),
     ("evaluate", EVALUATE_EXIT_CODES, ["0", "1", "2", "3", "4"]),
     ("calibrate", CALIBRATE_EXIT_CODES, ["0", "1", "2", "3", "4"]),
-], ids=["classify", "evaluate", "calibrate"])
+    ("info", INFO_EXIT_CODES, ["0", "1"]),
+    ("serve", SERVE_EXIT_CODES, ["0", "1", "2"]),
+], ids=["classify", "evaluate", "calibrate", "info", "serve"])
 def test_help_lists_each_commands_exit_codes(command: str, epilog: str,
                                              codes: list[str]) -> None:
     """The codes each command can exit with (read off cli.py), in its --help; the group's help

@@ -222,8 +222,7 @@ def test_thresholds_come_from_the_manifest(checked: Classifier, manifest: dict, 
 
 
 def test_the_fit_records_every_split_file_it_read(checked: Classifier) -> None:
-    from convert.ood_fit import split_sha256s
-    from convert.validation import trained_on_bus_bra
+    from convert.validation import split_sha256s, trained_on_bus_bra
     from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, SPLIT_FILENAME
     from edge_infer.manifest import manifest_path, sha256_of
 
@@ -231,7 +230,7 @@ def test_the_fit_records_every_split_file_it_read(checked: Classifier) -> None:
     both = trained_on_bus_bra(manifest_path(), checked.entry.info["arch"])
     expected = {name: sha256_of(folder / name)
                 for name in [SPLIT_FILENAME] + ([BUS_BRA_SPLIT_FILENAME] if both else [])}
-    assert split_sha256s(folder / SPLIT_FILENAME, both) == expected
+    assert split_sha256s(folder, both) == expected
     assert checked.entry.info["ood"]["split_sha256s"] == expected  # the shipped fit
 
 

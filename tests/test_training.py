@@ -200,3 +200,22 @@ def test_reverse_direction_trains_and_validates_on_bus_bra_only(busi_root, bus_b
     assert set(data.busi) == {"train", "val", "test"}  # BUSI still evaluated, held out
     with pytest.raises(ValueError, match="nothing to train on"):
         load_run_data(TrainConfig(busi_train=False), split_rows, busi_root, site)
+
+
+def test_cv_summary_gives_mean_sd_per_fold_and_the_second_sites_test_auroc():
+    from train.recipe import summarise_folds
+
+    accuracies, aurocs = [0.8, 0.7, 0.9, 0.75, 0.85], [0.81, 0.86, 0.9, 0.88, 0.85]
+    metrics = ("accuracy", "balanced_accuracy", "macro_f1", "malignant_recall_argmax",
+               "roc_auc_ovr")
+    folds = [{"test": dict.fromkeys(metrics, acc), "val": {"accuracy": 0.0},
+              "bus_bra_test": {"auc_benign_vs_malignant": auc, "n": 81}}
+             for acc, auc in zip(accuracies, aurocs)]
+    summary = summarise_folds(TrainConfig(bus_bra=True), folds)
+    assert summary["folds"] == 5 and summary["config"]["fold"] is None
+    assert summary["accuracy"]["per_fold"] == accuracies
+    assert summary["accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
+    assert summary["accuracy"]["sd"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert summary["bus_bra_test_auc_benign_vs_malignant"]["mean"] == pytest.approx(0.86)
+    busi_only = summarise_folds(TrainConfig(), [{"test": fold["test"]} for fold in folds])
+    assert not any(key.startswith("bus_bra") for key in busi_only)

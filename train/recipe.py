@@ -311,13 +311,24 @@ def cross_validate(config: TrainConfig, rows: list[SplitRow], busi_root: Path,
     """Run the recipe on the 5 grouped CV folds; mean and sd of the test-fold metrics."""
     folds = [fit(replace(config, fold=k), rows, busi_root, out_dir / f"fold{k}", site)
              for k in range(5)]
-    summary: dict = {"config": asdict(replace(config, fold=None)), "folds": 5}
-    for metric in ("accuracy", "balanced_accuracy", "macro_f1", "malignant_recall_argmax",
-                   "roc_auc_ovr"):
-        values = [result["test"][metric] for result in folds]
-        summary[metric] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)),
-                           "per_fold": values}
+    summary = summarise_folds(config, folds)
     (out_dir / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summarise_folds(config: TrainConfig, folds: list[dict]) -> dict:
+    """Mean, sd and per-fold values of each fold's BUSI test metrics, and of the second site's
+    test benign-vs-malignant AUROC when the runs evaluated one (the same patients every fold)."""
+    summary: dict = {"config": asdict(replace(config, fold=None)), "folds": len(folds)}
+    picks = {metric: ("test", metric) for metric in
+             ("accuracy", "balanced_accuracy", "macro_f1", "malignant_recall_argmax",
+              "roc_auc_ovr")}
+    for key in sorted({k for result in folds for k in result if k.endswith("_test")}):
+        picks[f"{key}_auc_benign_vs_malignant"] = (key, "auc_benign_vs_malignant")
+    for name, (part, metric) in picks.items():
+        values = [result[part][metric] for result in folds]
+        summary[name] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)),
+                         "per_fold": values}
     return summary
 
 
