@@ -1,0 +1,302 @@
+"""`python -m benchmarks.int8_qat`: does quantization-aware distillation buy int8 agreement?
+
+TensorFlow Model Optimization's QAT does not support Keras 3, so this is a small hand-built
+one: the backbone's convolutions with their BatchNorms folded (as the TFLite converter folds
+them) become trainable variables, and a forward pass simulates the int8 model (per-channel
+symmetric int8 weights, per-tensor int8 activations with min/max ranges from the validation
+images, as the converter calibrates). The simulated int8 network is trained to reproduce the
+float model's logits on augmented BUSI + BUS-BRA *training* images (distillation; labels are
+not used). After every epoch the fine-tuned weights are converted by the same converter as
+`busi-convert` and compared with the original Keras model on validation and test.
+Writes benchmarks/reports/int8_qat-<arch>.{json,md}; ~3 minutes an epoch on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import keras
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.int8_study import REPORTS, _conv_bn_pairs, margin_counts, tflite_probabilities
+from benchmarks.metrics import agreement
+from convert.tflite import convert_model
+from edge_infer.datasets import (
+    bus_bra_split_files,
+    load_images,
+    resolve_bus_bra_dir,
+    resolve_busi_dir,
+    split_files,
+)
+from edge_infer.decision import argmax_indices
+from edge_infer.manifest import resolve_model
+from train.data import dataset
+
+CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+BATCH_SIZE = 16
+
+
+def _backbone(model: keras.Model) -> keras.Model:
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def _fake_quant_weights(kernel: tf.Tensor, depthwise: bool) -> tf.Tensor:
+    """TFLite's per-channel symmetric int8 weights: scale max|w| / 127 per output channel."""
+    if depthwise:  # (kh, kw, channels, 1): the channel axis is 2
+        return _fake_quant_weights(kernel[..., 0], False)[..., None]
+    bound = tf.reduce_max(tf.abs(kernel), axis=tf.range(tf.rank(kernel) - 1))
+    return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        kernel, -bound, bound, num_bits=8, narrow_range=True)
+
+
+class QuantSimulation:
+    """A classifier (backbone -> GAP -> Dense) with BN-folded weights as variables, run in
+    float, with simulated int8, or recording each quantized tensor's min / max."""
+
+    def __init__(self, model: keras.Model):
+        self.backbone = _backbone(model)
+        self.dense = model.layers[-1]
+        self.norm_of = {conv.name: norm for conv, norm in _conv_bn_pairs(self.backbone)}
+        self.kernels, self.biases = {}, {}
+        for conv in (layer for layer in self.backbone.layers if isinstance(layer, CONV_LAYERS)):
+            kernel, bias = self._folded(conv, self.norm_of[conv.name])
+            self.kernels[conv.name] = tf.Variable(kernel, name=f"{conv.name}_kernel")
+            self.biases[conv.name] = tf.Variable(bias, name=f"{conv.name}_bias")
+        self.dense_kernel = tf.Variable(np.asarray(self.dense.kernel), name="dense_kernel")
+        self.dense_bias = tf.Variable(np.asarray(self.dense.bias), name="dense_bias")
+        self.quantized = self._quantized_outputs() + ["avg_pool", "logits"]
+        self.low = {name: tf.Variable(0.0, trainable=False) for name in self.quantized}
+        self.high = {name: tf.Variable(0.0, trainable=False) for name in self.quantized}
+
+    @staticmethod
+    def _folded(conv: keras.layers.Layer, norm: keras.layers.Layer | None):
+        kernel = np.asarray(conv.kernel, np.float64)
+        if norm is None:
+            bias = np.asarray(conv.bias) if conv.use_bias else np.zeros(kernel.shape[-1])
+            return kernel.astype(np.float32), bias.astype(np.float32)
+        scale = (np.asarray(norm.gamma, np.float64)
+                 / np.sqrt(np.asarray(norm.moving_variance, np.float64) + norm.epsilon))
+        shape = [1, 1, -1, 1] if isinstance(conv, keras.layers.DepthwiseConv2D) else [1, 1, 1, -1]
+        bias = np.asarray(norm.beta, np.float64) - np.asarray(norm.moving_mean, np.float64) * scale
+        return (kernel * scale.reshape(shape)).astype(np.float32), bias.astype(np.float32)
+
+    def _quantized_outputs(self) -> list[str]:
+        """Layers whose output is an int8 tensor in TFLite: all but a convolution followed by
+        its BatchNorm and a BatchNorm followed by a ReLU (the converter fuses those)."""
+        names = []
+        layers = self.backbone.layers
+        for layer, after in zip(layers, [*layers[1:], None]):
+            fused = ((isinstance(layer, CONV_LAYERS) and self.norm_of[layer.name] is not None)
+                     or (isinstance(layer, keras.layers.BatchNormalization)
+                         and isinstance(after, keras.layers.ReLU)
+                         and after.input is layer.output))
+            if not fused and not isinstance(layer, keras.layers.InputLayer):
+                names.append(layer.name)
+        return names
+
+    def trainable_variables(self) -> list[tf.Variable]:
+        return [*self.kernels.values(), *self.biases.values(), self.dense_kernel, self.dense_bias]
+
+    def logits(self, images: tf.Tensor, mode: str = "float") -> tuple[tf.Tensor, dict]:
+        """Logits, and {tensor: (min, max)} when mode is "record"; mode "int8" simulates the
+        int8 model with the ranges of the last `calibrate`."""
+        ranges = {}
+
+        def output(name: str, tensor: tf.Tensor) -> tf.Tensor:
+            if mode == "record":
+                ranges[name] = (tf.reduce_min(tensor), tf.reduce_max(tensor))
+            if mode == "int8":
+                tensor = tf.quantization.fake_quant_with_min_max_vars(
+                    tensor, tf.minimum(self.low[name], 0.0), tf.maximum(self.high[name], 0.0))
+            return tensor
+
+        def replacement(layer: keras.layers.Layer):
+            if isinstance(layer, CONV_LAYERS):
+                return lambda tensor, **_: self._conv(layer, tensor, mode, output)
+            quantized = layer.name in self.quantized
+            if isinstance(layer, keras.layers.BatchNormalization):  # folded into its conv
+                return lambda tensor, **_: output(layer.name, tensor) if quantized else tensor
+
+            def run(*args, **kwargs):
+                kwargs.pop("mask", None)
+                result = layer(*args, **kwargs)
+                return output(layer.name, result) if quantized else result
+            return run
+
+        features = self.backbone._run_through_graph(images, operation_fn=replacement)
+        pooled = output("avg_pool", tf.reduce_mean(features, axis=[1, 2]))
+        kernel = self.dense_kernel
+        if mode == "int8":
+            kernel = _fake_quant_weights(kernel, False)
+        return output("logits", pooled @ kernel + self.dense_bias), ranges
+
+    def probabilities(self, images: tf.Tensor, mode: str = "float") -> tf.Tensor:
+        """Softmax of `logits`; in int8 mode rounded to the uint8 output's 1/256 steps."""
+        probs = tf.nn.softmax(self.logits(images, mode)[0])
+        if mode == "int8":
+            probs = tf.quantization.fake_quant_with_min_max_vars(probs, 0.0, 255 / 256)
+        return probs
+
+    def _conv(self, conv: keras.layers.Layer, tensor: tf.Tensor, mode: str, output) -> tf.Tensor:
+        depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
+        kernel = self.kernels[conv.name]
+        if mode == "int8":
+            kernel = _fake_quant_weights(kernel, depthwise)
+        stride, padding = conv.strides[0], conv.padding.upper()
+        if depthwise:
+            result = tf.nn.depthwise_conv2d(tensor, kernel, [1, stride, stride, 1], padding)
+        else:
+            result = tf.nn.conv2d(tensor, kernel, stride, padding)
+        result = conv.activation(result + self.biases[conv.name])
+        return result if self.norm_of[conv.name] is not None else output(conv.name, result)
+
+    def calibrate(self, images: np.ndarray) -> None:
+        """Set each quantized tensor's range to its float min / max over `images`, as the
+        TFLite converter calibrates on its representative set."""
+        record = tf.function(lambda batch: self.logits(batch, "record")[1])
+        low = dict.fromkeys(self.quantized, np.inf)
+        high = dict.fromkeys(self.quantized, -np.inf)
+        for start in range(0, len(images), BATCH_SIZE):
+            for name, (lo, hi) in record(tf.constant(images[start:start + BATCH_SIZE],
+                                                     tf.float32)).items():
+                low[name], high[name] = min(low[name], float(lo)), max(high[name], float(hi))
+        for name in self.quantized:
+            self.low[name].assign(low[name])
+            self.high[name].assign(high[name])
+
+    def write_to(self, model: keras.Model) -> None:
+        """Put the (fine-tuned) folded weights into a copy of the source model: each BatchNorm
+        becomes the identity plus the folded bias, so the converter folds back exactly these."""
+        backbone = _backbone(model)
+        for conv in (layer for layer in backbone.layers if isinstance(layer, CONV_LAYERS)):
+            conv.kernel.assign(self.kernels[conv.name])
+            norm = self.norm_of[conv.name]
+            if norm is None:
+                if conv.use_bias:
+                    conv.bias.assign(self.biases[conv.name])
+                continue
+            norm = backbone.get_layer(norm.name)
+            channels = norm.gamma.shape
+            norm.gamma.assign(np.ones(channels, np.float32))
+            norm.beta.assign(self.biases[conv.name])
+            norm.moving_mean.assign(np.zeros(channels, np.float32))
+            norm.moving_variance.assign(np.full(channels, 1 - norm.epsilon, np.float32))
+        model.layers[-1].kernel.assign(self.dense_kernel)
+        model.layers[-1].bias.assign(self.dense_bias)
+
+
+def _centred(logits: tf.Tensor) -> tf.Tensor:
+    return logits - tf.reduce_mean(logits, axis=1, keepdims=True)
+
+
+def distillation_step(student: QuantSimulation, teacher: QuantSimulation,
+                      optimizer: keras.optimizers.Optimizer):
+    """A compiled step: mean squared error between the simulated int8 logits and the float
+    teacher's (both centred: softmax ignores a shared offset)."""
+    variables = student.trainable_variables()
+
+    @tf.function
+    def step(images: tf.Tensor) -> tf.Tensor:
+        target = _centred(teacher.logits(images)[0])
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(_centred(student.logits(images, "int8")[0]) - target))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+    return step
+
+
+def _distillation_images(busi_root: Path) -> np.ndarray:
+    busi = load_images(split_files("train"), busi_root, desc="BUSI train")[0]
+    bus_bra = load_images(bus_bra_split_files("train"), resolve_bus_bra_dir(None),
+                          desc="BUS-BRA train")[0]
+    return np.concatenate([busi, bus_bra])
+
+
+def _flipped(keras_probs: np.ndarray, probs: np.ndarray) -> list[dict]:
+    """Test images whose top-1 differs from Keras, with Keras's own top-2 margin."""
+    top2 = np.sort(keras_probs, axis=1)[:, -2:]
+    return [{"index": int(i), "keras_margin": float(top2[i, 1] - top2[i, 0])}
+            for i in np.nonzero(argmax_indices(keras_probs) != argmax_indices(probs))[0]]
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    lines = [f"# Quantization-aware distillation: {results['model']}", "",
+             f"Distilled on {results['distillation_images']} augmented training images "
+             f"(BUSI + BUS-BRA train, no labels), Adam {results['learning_rate']:g}, batch "
+             f"{BATCH_SIZE}; int8 ranges from the BUSI validation images. Each row: the "
+             "converter's full int8 of the weights after that epoch, against the ORIGINAL "
+             "Keras model.", "",
+             "| epoch | train loss (simulated) | simulated int8 test mean abs Δp "
+             "(vs TFLite int8) "
+             "| TFLite int8 val agreement | test agreement | test mean abs Δp "
+             "| test images flipped (Keras top-2 margin) |",
+             "|---|---|---|---|---|---|---|"]
+    for row in results["epochs"]:
+        flipped = ", ".join(f"{f['keras_margin']:.3f}" for f in row["test_flipped"])
+        loss = "—" if np.isnan(row["train_loss"]) else f"{row['train_loss']:.4f}"
+        lines.append(f"| {row['epoch']} | {loss} | "
+                     f"{row['simulated_test']['mean_abs_dprob']:.4f} "
+                     f"({row['simulated_vs_tflite_test']['mean_abs_dprob']:.4f}) | "
+                     f"{row['val']['agreement']:.3f} | {row['test']['agreement']:.3f} | "
+                     f"{row['test']['mean_abs_dprob']:.4f} | {flipped} |")
+    margins = ", ".join(f"{count} below {limit.removeprefix('below_')}"
+                        for limit, count in results["test_margins"].items())
+    lines += ["", f"Epoch 0 is the source model itself (BN folded). Test images the Keras model "
+              f"barely decides: {margins}.", ""]
+    path.write_text("\n".join(lines))
+
+
+@click.command(help=__doc__)
+@click.option("--arch", default="efficientnet-lite0", show_default=True)
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--learning-rate", default=4e-6, show_default=True)
+@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REPORTS,
+              show_default=True, help="Folder for int8_qat-<arch>.json and .md.")
+def main(arch: str, epochs: int, learning_rate: float, busi_dir: str | None,
+         out: Path) -> None:
+    source = resolve_model(f"{arch}/keras")
+    root = resolve_busi_dir(busi_dir)
+    data = {split: load_images(split_files(split), root, desc=split)[0]
+            for split in ("val", "test")}
+    train_images = _distillation_images(root)
+    model = keras.models.load_model(source.path)
+    keras_probs = {split: model.predict(images.astype(np.float32), verbose=0)
+                   for split, images in data.items()}
+    student, teacher = QuantSimulation(model), QuantSimulation(model)
+    step = distillation_step(student, teacher, keras.optimizers.Adam(learning_rate))
+    simulate = tf.function(lambda batch: student.probabilities(batch, "int8"))
+    rows, loss = [], float("nan")
+    for epoch in range(epochs + 1):
+        if epoch:
+            batches = dataset(train_images, np.zeros(len(train_images), np.int64), BATCH_SIZE,
+                              augment=True, seed=epoch, site_levers=True)
+            loss = float(np.mean([float(step(images)) for images, _ in batches]))
+        student.calibrate(data["val"])
+        copy = keras.models.load_model(source.path)
+        student.write_to(copy)
+        int8 = convert_model(copy, "int8", data["val"])
+        probs = {split: tflite_probabilities(int8, images) for split, images in data.items()}
+        simulated = np.concatenate([simulate(tf.constant(data["test"][i:i + 32], tf.float32))
+                                    for i in range(0, len(data["test"]), 32)])
+        rows.append({"epoch": epoch, "train_loss": loss,
+                     "simulated_test": agreement(keras_probs["test"], simulated),
+                     "simulated_vs_tflite_test": agreement(probs["test"], simulated),
+                     **{split: agreement(keras_probs[split], probs[split]) for split in data},
+                     "test_flipped": _flipped(keras_probs["test"], probs["test"])})
+        click.echo(f"epoch {epoch}: loss {loss:.4f}, TFLite int8 test agreement "
+                   f"{rows[-1]['test']['agreement']:.3f}", err=True)
+    results = {"model": f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})",
+               "learning_rate": learning_rate, "distillation_images": len(train_images),
+               "epochs": rows, "test_margins": margin_counts(keras_probs["test"])}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"int8_qat-{arch}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, out / f"int8_qat-{arch}.md")
+    click.echo(f"wrote {out / f'int8_qat-{arch}.md'}")
+
+
+if __name__ == "__main__":
+    main()
