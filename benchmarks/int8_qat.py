@@ -52,6 +52,23 @@ def _fake_quant_weights(kernel: tf.Tensor, depthwise: bool) -> tf.Tensor:
         kernel, -bound, bound, num_bits=8, narrow_range=True)
 
 
+def _activation(function, tensor: tf.Tensor, mode: str) -> tf.Tensor:
+    """TFLite runs sigmoid as LOGISTIC, whose int8 output has fixed 1/256 steps, and swish as
+    LOGISTIC then MUL."""
+    if function is keras.activations.sigmoid:
+        return _sigmoid(tensor, mode)
+    if function is keras.activations.silu:
+        return tensor * _sigmoid(tensor, mode)
+    return function(tensor)
+
+
+def _sigmoid(tensor: tf.Tensor, mode: str) -> tf.Tensor:
+    result = tf.sigmoid(tensor)
+    if mode == "int8":
+        result = tf.quantization.fake_quant_with_min_max_vars(result, 0.0, 255 / 256)
+    return result
+
+
 class QuantSimulation:
     """A classifier (backbone -> GAP -> Dense) with BN-folded weights as variables, run in
     float, with simulated int8, or recording each quantized tensor's min / max."""
@@ -93,6 +110,8 @@ class QuantSimulation:
                      or (isinstance(layer, keras.layers.BatchNormalization)
                          and isinstance(after, keras.layers.ReLU)
                          and after.input is layer.output))
+            if isinstance(layer, CONV_LAYERS) and layer.activation is not keras.activations.linear:
+                names.append(f"{layer.name}_linear")
             if not fused and not isinstance(layer, keras.layers.InputLayer):
                 names.append(layer.name)
         return names
@@ -117,6 +136,9 @@ class QuantSimulation:
             if isinstance(layer, CONV_LAYERS):
                 return lambda tensor, **_: self._conv(layer, tensor, mode, output)
             quantized = layer.name in self.quantized
+            if isinstance(layer, keras.layers.Activation):
+                return lambda tensor, **_: output(
+                    layer.name, _activation(layer.activation, tensor, mode))
             if isinstance(layer, keras.layers.BatchNormalization):  # folded into its conv
                 return lambda tensor, **_: output(layer.name, tensor) if quantized else tensor
 
@@ -150,7 +172,9 @@ class QuantSimulation:
             result = tf.nn.depthwise_conv2d(tensor, kernel, [1, stride, stride, 1], padding)
         else:
             result = tf.nn.conv2d(tensor, kernel, stride, padding)
-        result = conv.activation(result + self.biases[conv.name])
+        result = result + self.biases[conv.name]
+        if conv.activation is not keras.activations.linear:
+            result = _activation(conv.activation, output(f"{conv.name}_linear", result), mode)
         return result if self.norm_of[conv.name] is not None else output(conv.name, result)
 
     def calibrate(self, images: np.ndarray) -> None:

@@ -41,6 +41,25 @@ def tiny_classifier(seed: int = 0) -> keras.Model:
     return keras.Model(outer_input, keras.layers.Dense(3, activation="softmax")(pooled))
 
 
+def tiny_se_classifier(seed: int = 0) -> keras.Model:
+    """The EfficientNetB0 shapes: conv+BN+swish, a squeeze-and-excitation block (GAP, convs
+    with swish and sigmoid, multiply), outer GAP -> Dense."""
+    keras.utils.set_random_seed(seed)
+    image = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255, name="rescaling")(image)
+    x = keras.layers.Conv2D(8, 3, use_bias=False, name="stem_conv")(x)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.Activation("swish", name="stem_activation")(x)
+    squeeze = keras.layers.GlobalAveragePooling2D(keepdims=True, name="se_squeeze")(x)
+    squeeze = keras.layers.Conv2D(2, 1, activation="swish", name="se_reduce")(squeeze)
+    squeeze = keras.layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(squeeze)
+    x = keras.layers.Multiply(name="se_excite")([x, squeeze])
+    backbone = keras.Model(image, x, name="backbone")
+    outer_input = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(outer_input))
+    return keras.Model(outer_input, keras.layers.Dense(3, activation="softmax")(pooled))
+
+
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     return np.random.default_rng(3).integers(0, 256, (32, 16, 16, 3)).astype(np.uint8)
@@ -54,6 +73,9 @@ def test_quantized_tensors_are_the_ones_tflite_keeps_in_int8() -> None:
     assert QuantSimulation(tiny_classifier()).quantized == [
         "rescaling", "stem_relu", "dw_relu", "project_bn", "add", "biased_conv",
         "avg_pool", "logits"]
+    assert QuantSimulation(tiny_se_classifier()).quantized == [
+        "rescaling", "stem_bn", "stem_activation", "se_squeeze", "se_reduce_linear",
+        "se_reduce", "se_expand_linear", "se_expand", "se_excite", "avg_pool", "logits"]
 
 
 def test_float_mode_and_written_back_weights_reproduce_the_keras_model(images) -> None:
@@ -67,8 +89,9 @@ def test_float_mode_and_written_back_weights_reproduce_the_keras_model(images) -
                                atol=1e-5)
 
 
-def test_int8_mode_tracks_the_converted_int8_model(images) -> None:
-    model = tiny_classifier()
+@pytest.mark.parametrize("build", [tiny_classifier, tiny_se_classifier])
+def test_int8_mode_tracks_the_converted_int8_model(images, build) -> None:
+    model = build()
     simulation = QuantSimulation(model)
     simulation.calibrate(images)
     tflite = tflite_probabilities(convert_model(model, "int8", images, feature_map=False),
