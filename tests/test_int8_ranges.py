@@ -1,0 +1,65 @@
+"""benchmarks.int8_ranges: MSE-optimal activation ranges for the int8 converter (its numbers:
+benchmarks/reports/int8_ranges-<arch>.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import tiny_classifier
+
+from benchmarks.int8_ranges import (
+    RANGE_SCALES,
+    calibrated_model,
+    mse_range,
+    quantization_mse,
+    quantized,
+    with_mse_ranges,
+)
+from benchmarks.int8_study import tflite_probabilities
+from convert.tflite import convert_model
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(5).integers(0, 256, (24, 16, 16, 3)).astype(np.uint8)
+
+
+@given(st.floats(0.1, 100), st.floats(0.1, 100))
+@settings(max_examples=30, deadline=None)
+def test_values_on_the_grid_quantize_exactly(low: float, high: float) -> None:
+    step = (high + low) / 255
+    values = (np.arange(256) - np.round(low / step)) * step
+    assert quantization_mse(values, -low, high) < 1e-9 * step ** 2 + 1e-12
+
+
+def test_mse_range_is_the_scaled_range_with_the_least_error() -> None:
+    values = np.random.default_rng(0).standard_t(3, 5000)
+    low, high = values.min(), values.max()
+    new_low, new_high = mse_range(values, low, high)
+    scale = new_high / high
+    assert np.isclose(new_low, low * scale) and np.any(np.isclose(RANGE_SCALES, scale))
+    errors = [quantization_mse(values, low * s, high * s) for s in RANGE_SCALES]
+    assert quantization_mse(values, new_low, new_high) == min(errors)
+    assert scale < 1  # heavy tails: the min..max range is not the best one
+
+
+def test_recorded_ranges_reproduce_the_converters_int8(images) -> None:
+    model = tiny_classifier()
+    expected = tflite_probabilities(convert_model(model, "int8", images), images)
+    got = tflite_probabilities(quantized(calibrated_model(model, images)), images)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_mse_ranges_never_widen_and_keep_the_model_close(images) -> None:
+    model = tiny_classifier()
+    calibrated = calibrated_model(model, images)
+    tuned, shrunk = with_mse_ranges(calibrated, images)
+    for tensor in shrunk:
+        low, high = tensor["recorded"]
+        new_low, new_high = tensor["mse_optimal"]
+        assert low <= new_low <= 0 <= new_high <= high
+    keras_probs = model.predict(images.astype(np.float32), verbose=0)
+    probs = tflite_probabilities(quantized(tuned), images)
+    assert np.abs(probs - keras_probs).max() < 0.1
