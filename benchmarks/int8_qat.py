@@ -14,6 +14,7 @@ Writes benchmarks/reports/int8_qat-<arch>.{json,md}; ~3 minutes an epoch on 2 co
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -62,6 +63,10 @@ def _activation(function, tensor: tf.Tensor, mode: str) -> tf.Tensor:
     return function(tensor)
 
 
+def _ends_in_sigmoid(layer: keras.layers.Layer) -> bool:
+    return getattr(layer, "activation", None) is keras.activations.sigmoid
+
+
 def _sigmoid(tensor: tf.Tensor, mode: str) -> tf.Tensor:
     result = tf.sigmoid(tensor)
     if mode == "int8":
@@ -101,8 +106,9 @@ class QuantSimulation:
         return (kernel * scale.reshape(shape)).astype(np.float32), bias.astype(np.float32)
 
     def _quantized_outputs(self) -> list[str]:
-        """Layers whose output is an int8 tensor in TFLite: all but a convolution followed by
-        its BatchNorm and a BatchNorm followed by a ReLU (the converter fuses those)."""
+        """Layers whose output is an int8 tensor with a calibrated range in TFLite: all but a
+        convolution followed by its BatchNorm and a BatchNorm followed by a ReLU (the converter
+        fuses those), and a sigmoid convolution's (LOGISTIC's fixed 1/256 grid is its output)."""
         names = []
         layers = self.backbone.layers
         for layer, after in zip(layers, [*layers[1:], None]):
@@ -112,7 +118,7 @@ class QuantSimulation:
                          and after.input is layer.output))
             if isinstance(layer, CONV_LAYERS) and layer.activation is not keras.activations.linear:
                 names.append(f"{layer.name}_linear")
-            if not fused and not isinstance(layer, keras.layers.InputLayer):
+            if not (fused or isinstance(layer, keras.layers.InputLayer) or _ends_in_sigmoid(layer)):
                 names.append(layer.name)
         return names
 
@@ -162,7 +168,8 @@ class QuantSimulation:
             probs = tf.quantization.fake_quant_with_min_max_vars(probs, 0.0, 255 / 256)
         return probs
 
-    def _conv(self, conv: keras.layers.Layer, tensor: tf.Tensor, mode: str, output) -> tf.Tensor:
+    def _conv(self, conv: keras.layers.Layer, tensor: tf.Tensor, mode: str,
+              output: Callable[[str, tf.Tensor], tf.Tensor]) -> tf.Tensor:
         depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
         kernel = self.kernels[conv.name]
         if mode == "int8":
@@ -175,7 +182,9 @@ class QuantSimulation:
         result = result + self.biases[conv.name]
         if conv.activation is not keras.activations.linear:
             result = _activation(conv.activation, output(f"{conv.name}_linear", result), mode)
-        return result if self.norm_of[conv.name] is not None else output(conv.name, result)
+        if self.norm_of[conv.name] is not None or _ends_in_sigmoid(conv):
+            return result
+        return output(conv.name, result)
 
     def calibrate(self, images: np.ndarray) -> None:
         """Set each quantized tensor's range to its float min / max over `images`, as the
@@ -217,7 +226,7 @@ def _centred(logits: tf.Tensor) -> tf.Tensor:
 
 
 def distillation_step(student: QuantSimulation, teacher: QuantSimulation,
-                      optimizer: keras.optimizers.Optimizer):
+                      optimizer: keras.optimizers.Optimizer) -> Callable[[tf.Tensor], tf.Tensor]:
     """A compiled step: mean squared error between the simulated int8 logits and the float
     teacher's (both centred: softmax ignores a shared offset)."""
     variables = student.trainable_variables()
@@ -250,14 +259,20 @@ def write_markdown(results: dict, path: Path) -> None:
     lines = [f"# Quantization-aware distillation: {results['model']}", "",
              f"Distilled on {results['distillation_images']} augmented training images "
              f"(BUSI + BUS-BRA train, no labels), Adam {results['learning_rate']:g}, batch "
-             f"{BATCH_SIZE}; int8 ranges from the BUSI validation images. Each row: the "
-             "converter's full int8 of the weights after that epoch, against the ORIGINAL "
-             "Keras model.", "",
-             "| epoch | train loss (simulated) | simulated int8 test mean abs Δp "
+             f"{BATCH_SIZE}; the simulation's int8 ranges come from the (unaugmented) training "
+             "images, the converter's from the BUSI validation images as in `busi-convert`. "
+             "Each row: the converter's full int8 of the weights after that epoch, against the "
+             "ORIGINAL Keras model.", "",
+             "| epoch | train loss (simulated) | test mean abs Δp: simulated int8 vs Keras "
              "(vs TFLite int8) "
              "| TFLite int8 val agreement | test agreement | test mean abs Δp "
              "| test images flipped (Keras top-2 margin) |",
              "|---|---|---|---|---|---|---|"]
+    source = results["source_int8"]
+    lines.append(f"| int8 of the source model, as shipped | — | — | "
+                 f"{source['val']['agreement']:.3f} | {source['test']['agreement']:.3f} | "
+                 f"{source['test']['mean_abs_dprob']:.4f} | "
+                 + ", ".join(f"{f['keras_margin']:.3f}" for f in source["test_flipped"]) + " |")
     for row in results["epochs"]:
         flipped = ", ".join(f"{f['keras_margin']:.3f}" for f in row["test_flipped"])
         loss = "—" if np.isnan(row["train_loss"]) else f"{row['train_loss']:.4f}"
@@ -268,8 +283,9 @@ def write_markdown(results: dict, path: Path) -> None:
                      f"{row['test']['mean_abs_dprob']:.4f} | {flipped} |")
     margins = ", ".join(f"{count} below {limit.removeprefix('below_')}"
                         for limit, count in results["test_margins"].items())
-    lines += ["", f"Epoch 0 is the source model itself (BN folded). Test images the Keras model "
-              f"barely decides: {margins}.", ""]
+    lines += ["", "Epoch 0 is the source model before distillation, written with its BatchNorms "
+              "folded (float probabilities within 2e-6 of the original), which the converter "
+              f"rounds differently. Test images the Keras model barely decides: {margins}.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -290,6 +306,9 @@ def main(arch: str, epochs: int, learning_rate: float, busi_dir: str | None,
     model = keras.models.load_model(source.path)
     keras_probs = {split: model.predict(images.astype(np.float32), verbose=0)
                    for split, images in data.items()}
+    baseline = convert_model(model, "int8", data["val"])
+    source_row = {split: agreement(keras_probs[split], tflite_probabilities(baseline, images))
+                  for split, images in data.items()}
     student, teacher = QuantSimulation(model), QuantSimulation(model)
     step = distillation_step(student, teacher, keras.optimizers.Adam(learning_rate))
     simulate = tf.function(lambda batch: student.probabilities(batch, "int8"))
@@ -299,7 +318,7 @@ def main(arch: str, epochs: int, learning_rate: float, busi_dir: str | None,
             batches = dataset(train_images, np.zeros(len(train_images), np.int64), BATCH_SIZE,
                               augment=True, seed=epoch, site_levers=True)
             loss = float(np.mean([float(step(images)) for images, _ in batches]))
-        student.calibrate(data["val"])
+        student.calibrate(train_images)  # training ranges: validation stays held out
         copy = keras.models.load_model(source.path)
         student.write_to(copy)
         int8 = convert_model(copy, "int8", data["val"])
@@ -315,6 +334,8 @@ def main(arch: str, epochs: int, learning_rate: float, busi_dir: str | None,
                    f"{rows[-1]['test']['agreement']:.3f}", err=True)
     results = {"model": f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})",
                "learning_rate": learning_rate, "distillation_images": len(train_images),
+               "source_int8": source_row | {"test_flipped": _flipped(
+                   keras_probs["test"], tflite_probabilities(baseline, data["test"]))},
                "epochs": rows, "test_margins": margin_counts(keras_probs["test"])}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"int8_qat-{arch}.json").write_text(json.dumps(results, indent=2) + "\n")

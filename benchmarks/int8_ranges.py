@@ -6,7 +6,7 @@ representative images; a few outliers can stretch that range (EfficientNet's pro
 outputs reach +-40 on Lite0, +-185 on B0) and coarsen every other value's step. This study
 calibrates as `busi-convert` does, then replaces each range by the one that minimises the mean
 squared quantization error of that tensor's values on the same validation images (the range
-scaled by a factor in 0.2..1, as TensorRT-style MSE calibration does), quantizes with the
+scaled by a factor in 0.2..1, similar to TensorRT's MSE calibration), quantizes with the
 converter's own quantizer, and compares both models with Keras on validation and test.
 Writes benchmarks/reports/int8_ranges-<arch>.{json,md}; a few minutes on 2 cores.
 """
@@ -25,25 +25,20 @@ import tensorflow as tf
 from tensorflow.lite.python import convert as tflite_convert
 from tensorflow.lite.tools import flatbuffer_utils
 
-from benchmarks.int8_study import REPORTS, tflite_probabilities
+from benchmarks.int8_study import REPORTS, _int8_converter, tflite_probabilities
 from benchmarks.metrics import agreement
-from convert.feature_output import with_feature_map
 from edge_infer.datasets import load_images, resolve_busi_dir, split_files
 from edge_infer.manifest import resolve_model
 
 RANGE_SCALES = np.linspace(0.2, 1.0, 33)
 SAMPLES_PER_IMAGE = 4096
-LEVELS = 255
+STEPS = 255  # 256 levels of an 8-bit tensor
 
 
 def calibrated_model(model: keras.Model, calibration: np.ndarray) -> bytes:
     """The float TFLite model with each tensor's calibration min / max recorded in it
     (the converter's first half, as its quantization debugger uses it)."""
-    converter = tf.lite.TFLiteConverter.from_keras_model(with_feature_map(model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([image[None].astype(np.float32)]
-                                                for image in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter = _int8_converter(model, calibration)
     converter._experimental_calibrate_only = True
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
@@ -93,11 +88,11 @@ def activation_samples(calibrated: bytes, tensors: list[int], images: np.ndarray
 def quantization_mse(values: np.ndarray, low: float, high: float) -> float:
     """Mean squared error of asymmetric 8-bit quantization of values over [low, high]."""
     low, high = min(low, 0.0), max(high, 0.0)
-    step = (high - low) / LEVELS
+    step = (high - low) / STEPS
     if step == 0:
         return float(np.mean(values ** 2))
     zero = np.round(-low / step)
-    restored = (np.clip(np.round(values / step) + zero, 0, LEVELS) - zero) * step
+    restored = (np.clip(np.round(values / step) + zero, 0, STEPS) - zero) * step
     return float(np.mean((restored - values) ** 2))
 
 
@@ -156,6 +151,7 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
                    for split, images in data.items()}
     calibrated = calibrated_model(model, data["val"])
     tuned, shrunk = with_mse_ranges(calibrated, data["val"])
+    tensor_count = len(_recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(tuned)))
     rows = []
     for name, blob in (("min / max (converter default)", quantized(calibrated)),
                        ("MSE-optimal", quantized(tuned))):
@@ -164,9 +160,7 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
                         for split, images in data.items()}})
         click.echo(f"{name}: test agreement {rows[-1]['test']['agreement']:.3f}", err=True)
     results = {"model": f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})",
-               "rows": rows, "tensors": len(_recorded_ranges(
-                   flatbuffer_utils.convert_bytearray_to_object(calibrated))),
-               "shrunk": shrunk}
+               "rows": rows, "tensors": tensor_count, "shrunk": shrunk}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"int8_ranges-{arch}.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / f"int8_ranges-{arch}.md")

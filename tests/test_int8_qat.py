@@ -29,7 +29,7 @@ def test_quantized_tensors_are_the_ones_tflite_keeps_in_int8() -> None:
         "avg_pool", "logits"]
     assert QuantSimulation(tiny_se_classifier()).quantized == [
         "rescaling", "stem_bn", "stem_activation", "se_squeeze", "se_reduce_linear",
-        "se_reduce", "se_expand_linear", "se_expand", "se_excite", "avg_pool", "logits"]
+        "se_reduce", "se_expand_linear", "se_excite", "avg_pool", "logits"]
 
 
 def test_float_mode_and_written_back_weights_reproduce_the_keras_model(images) -> None:
@@ -45,15 +45,17 @@ def test_float_mode_and_written_back_weights_reproduce_the_keras_model(images) -
 
 @pytest.mark.parametrize("build", [tiny_classifier, tiny_se_classifier])
 def test_int8_mode_tracks_the_converted_int8_model(images, build) -> None:
+    """Ranges from half of the images; compared on the other half. (These small networks
+    have no input rescaling TFLite keeps as a separate op; on Lite0 it does, and the
+    simulation there tracks TFLite less closely: benchmarks/reports/int8_qat-*.md.)"""
     model = build()
+    calibration, held_out = images[:16], images[16:]
     simulation = QuantSimulation(model)
-    simulation.calibrate(images)
-    tflite = tflite_probabilities(convert_model(model, "int8", images, feature_map=False),
-                                  images)
-    float_error = np.abs(softmax_of(simulation, images, "float") - tflite).mean()
-    simulated_error = np.abs(softmax_of(simulation, images, "int8") - tflite).mean()
-    assert float_error > 0.001  # the tiny model does lose something to int8
-    assert simulated_error < float_error / 3
+    simulation.calibrate(calibration)
+    tflite = tflite_probabilities(convert_model(model, "int8", calibration, feature_map=False),
+                                  held_out)
+    assert np.abs(softmax_of(simulation, held_out, "float") - tflite).mean() > 1e-4  # int8 differs
+    np.testing.assert_allclose(softmax_of(simulation, held_out, "int8"), tflite, atol=1e-6)
 
 
 def test_distillation_moves_the_simulated_int8_student_towards_the_teacher(images) -> None:

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tensorflow.lite.tools import flatbuffer_utils
 from tiny_models import tiny_classifier
 
 from benchmarks.int8_ranges import (
     RANGE_SCALES,
+    _recorded_ranges,
+    activation_samples,
     calibrated_model,
     mse_range,
     quantization_mse,
@@ -52,14 +55,20 @@ def test_recorded_ranges_reproduce_the_converters_int8(images) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
-def test_mse_ranges_never_widen_and_keep_the_model_close(images) -> None:
+def test_every_range_is_refitted_and_none_widens(images) -> None:
     model = tiny_classifier()
     calibrated = calibrated_model(model, images)
-    tuned, shrunk = with_mse_ranges(calibrated, images)
-    for tensor in shrunk:
-        low, high = tensor["recorded"]
-        new_low, new_high = tensor["mse_optimal"]
-        assert low <= new_low <= 0 <= new_high <= high
+    recorded = _recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(calibrated))
+    tuned, _ = with_mse_ranges(calibrated, images)
+    refitted = _recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(tuned))
+    samples = activation_samples(calibrated, list(recorded), images)
+    assert refitted.keys() == recorded.keys()
+    changed = 0
+    for index, (low, high) in recorded.items():
+        want = mse_range(samples[index], low, high)
+        np.testing.assert_allclose(refitted[index], want, rtol=1e-6)
+        assert low <= refitted[index][0] <= 0 <= refitted[index][1] <= high
+        changed += refitted[index] != (low, high)
+    assert changed > 0
     keras_probs = model.predict(images.astype(np.float32), verbose=0)
-    probs = tflite_probabilities(quantized(tuned), images)
-    assert np.abs(probs - keras_probs).max() < 0.1
+    assert np.abs(tflite_probabilities(quantized(tuned), images) - keras_probs).max() < 0.1

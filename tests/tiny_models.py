@@ -7,6 +7,16 @@ import keras
 import numpy as np
 
 
+def randomise_batch_norms(backbone: keras.Model, seed: int) -> None:
+    """Non-trivial BatchNorm statistics, so that folding them into the convolutions matters."""
+    rng = np.random.default_rng(seed)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.2, 3, n), rng.normal(0, 1, n),
+                               rng.normal(0, 1, n), rng.uniform(0.01, 4, n)])
+
+
 def tiny_classifier(seed: int = 0) -> keras.Model:
     """Outer model -> nested backbone with the Lite0 block shapes (conv+BN+ReLU6, depthwise
     +BN+ReLU6, projection conv+BN, residual Add, a conv with its own bias) -> GAP -> Dense."""
@@ -24,12 +34,7 @@ def tiny_classifier(seed: int = 0) -> keras.Model:
     x = keras.layers.Add(name="add")([x, block_input])
     x = keras.layers.Conv2D(4, 1, name="biased_conv")(x)
     backbone = keras.Model(image, x, name="backbone")
-    rng = np.random.default_rng(seed)
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.2, 3, n), rng.normal(0, 1, n),
-                               rng.normal(0, 1, n), rng.uniform(0.01, 4, n)])
+    randomise_batch_norms(backbone, seed)
     outer_input = keras.Input((16, 16, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(backbone(outer_input))
     return keras.Model(outer_input, keras.layers.Dense(3, activation="softmax")(pooled))
@@ -49,6 +54,7 @@ def tiny_se_classifier(seed: int = 0) -> keras.Model:
     squeeze = keras.layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(squeeze)
     x = keras.layers.Multiply(name="se_excite")([x, squeeze])
     backbone = keras.Model(image, x, name="backbone")
+    randomise_batch_norms(backbone, seed)
     outer_input = keras.Input((16, 16, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(backbone(outer_input))
     return keras.Model(outer_input, keras.layers.Dense(3, activation="softmax")(pooled))
