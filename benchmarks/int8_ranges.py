@@ -7,7 +7,10 @@ outputs reach +-40 on Lite0, +-185 on B0) and coarsen every other value's step. 
 calibrates as `busi-convert` does, then replaces each range by the one that minimises the mean
 squared quantization error of that tensor's values on the same validation images (the range
 scaled by a factor in 0.2..1, similar to TensorRT's MSE calibration), quantizes with the
-converter's own quantizer, and compares both models with Keras on validation and test.
+converter's own quantizer, and compares the models with Keras on validation and test. It also
+gives the input rescaling (pixel / 128 - 127 / 128 on Lite0, which TFLite runs as MUL then ADD)
+the ranges on which it is exact: calibrated, the MUL's range is wider than its values and
+rounds the image to about 171 grey levels before the first convolution.
 Writes benchmarks/reports/int8_ranges-<arch>.{json,md}; a few minutes on 2 cores.
 """
 
@@ -121,6 +124,26 @@ def with_mse_ranges(calibrated: bytes, images: np.ndarray) -> tuple[bytes, list[
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), shrunk
 
 
+def with_exact_input_scaling(calibrated: bytes, model: keras.Model) -> bytes:
+    """The calibrated model with the backbone's input Rescaling (pixel * scale + offset, which
+    TFLite runs as MUL then ADD) given the ranges on which both are exact for pixels 0..255:
+    the recorded ranges can be wider and then round the image to fewer grey levels."""
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    rescaling = next(layer for layer in backbone.layers
+                     if isinstance(layer, keras.layers.Rescaling))
+    scale, offset = float(rescaling.scale), float(rescaling.offset)
+    exact = {"mul": (0.0, 255 * scale), "add": (offset, 255 * scale + offset)}
+    flat = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    tensors = flat.subgraphs[0].tensors
+    for index in _recorded_ranges(flat):
+        name = tensors[index].name.decode()
+        op = name.rsplit("/", 1)[-1]
+        if f"/{rescaling.name}" in name and op in exact:
+            tensors[index].quantization.min = np.array([exact[op][0]], np.float32)
+            tensors[index].quantization.max = np.array([exact[op][1]], np.float32)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
+
+
 def write_markdown(results: dict, path: Path) -> None:
     lines = [f"# int8 activation ranges: {results['model']}", "",
              "Full-integer int8 models from the same calibration on the BUSI validation images, "
@@ -153,8 +176,12 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
     tuned, shrunk = with_mse_ranges(calibrated, data["val"])
     tensor_count = len(_recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(tuned)))
     rows = []
-    for name, blob in (("min / max (converter default)", quantized(calibrated)),
-                       ("MSE-optimal", quantized(tuned))):
+    variants = {"min / max (converter default, shipped)": calibrated,
+                "min / max, exact input scaling": with_exact_input_scaling(calibrated, model),
+                "MSE-optimal": tuned,
+                "MSE-optimal, exact input scaling": with_exact_input_scaling(tuned, model)}
+    for name, ranges in variants.items():
+        blob = quantized(ranges)
         rows.append({"name": name, "bytes": len(blob),
                      **{split: agreement(keras_probs[split], tflite_probabilities(blob, images))
                         for split, images in data.items()}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorflow.lite.tools import flatbuffer_utils
@@ -18,6 +19,7 @@ from benchmarks.int8_ranges import (
     mse_range,
     quantization_mse,
     quantized,
+    with_exact_input_scaling,
     with_mse_ranges,
 )
 from benchmarks.int8_study import tflite_probabilities
@@ -72,3 +74,18 @@ def test_every_range_is_refitted_and_none_widens(images) -> None:
     assert changed > 0
     keras_probs = model.predict(images.astype(np.float32), verbose=0)
     assert np.abs(tflite_probabilities(quantized(tuned), images) - keras_probs).max() < 0.1
+
+
+def test_exact_input_scaling_keeps_every_grey_level(images) -> None:
+    model = tiny_classifier(lite0_stem=True)
+    calibrated = calibrated_model(model, images)
+
+    def rescaling_quantization(blob: bytes) -> dict[str, tuple]:
+        details = Interpreter(model_content=quantized(blob)).get_tensor_details()
+        return {d["name"].rsplit("/", 1)[-1]: d["quantization"] for d in details
+                if "/rescaling" in d["name"] and d["name"].rsplit("/", 1)[-1] in ("mul", "add")}
+
+    exact = rescaling_quantization(with_exact_input_scaling(calibrated, model))
+    assert exact["mul"] == pytest.approx((1 / 128, -128))  # pixel p -> level p - 128
+    assert exact["add"] == pytest.approx((1 / 128, -1))
+    assert rescaling_quantization(calibrated)["mul"][0] > 1 / 128  # what calibration gives

@@ -17,13 +17,16 @@ def randomise_batch_norms(backbone: keras.Model, seed: int) -> None:
                                rng.normal(0, 1, n), rng.uniform(0.01, 4, n)])
 
 
-def tiny_classifier(seed: int = 0) -> keras.Model:
+def tiny_classifier(seed: int = 0, lite0_stem: bool = False) -> keras.Model:
     """Outer model -> nested backbone with the Lite0 block shapes (conv+BN+ReLU6, depthwise
-    +BN+ReLU6, projection conv+BN, residual Add, a conv with its own bias) -> GAP -> Dense."""
+    +BN+ReLU6, projection conv+BN, residual Add, a conv with its own bias) -> GAP -> Dense.
+    lite0_stem: a stride-2 'same' stem as Lite0's (the converter cannot fold the input
+    rescaling into it, so it stays as MUL and ADD ops)."""
     keras.utils.set_random_seed(seed)
     image = keras.Input((16, 16, 3))
     x = keras.layers.Rescaling(1 / 128, offset=-127 / 128, name="rescaling")(image)
-    x = keras.layers.Conv2D(8, 3, use_bias=False, name="stem_conv")(x)
+    stem = {"strides": 2, "padding": "same"} if lite0_stem else {}
+    x = keras.layers.Conv2D(8, 3, use_bias=False, name="stem_conv", **stem)(x)
     x = keras.layers.BatchNormalization(name="stem_bn")(x)
     block_input = keras.layers.ReLU(6, name="stem_relu")(x)
     x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(block_input)
