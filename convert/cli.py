@@ -32,6 +32,9 @@ from edge_infer.tflite_model import TFLiteModel
 
 DEFAULT_VARIANTS = "float32,float16,int8"
 CALIBRATION = "all BUSI validation images of the split manifest (preprocess_image, uint8)"
+RANGE_NOTES = {"minmax": "activation ranges: calibration min / max (the converter's default)",
+               "refined": "activation ranges: MSE-optimal on the calibration images, exact input "
+                          "scaling (convert.int8_ranges)"}
 VERIFICATION_NOTE = ("the conversion check against Keras, on uncalibrated probabilities with a "
                      "threshold chosen on them (BUSI validation split); busi-calibrate then "
                      "sets the entry's temperature and threshold, which the runtime applies")
@@ -42,13 +45,14 @@ def _predict(model: TFLiteModel, images: np.ndarray, desc: str) -> np.ndarray:
                      for image in tqdm(images, desc=desc, leave=False)])
 
 
-def _single_output_probs(model, variant: str, data: dict, threads: int,
-                         scratch: Path) -> dict[str, np.ndarray]:
+def _single_output_probs(model, variant: str, data: dict, threads: int, scratch: Path,
+                         int8_ranges: str) -> dict[str, np.ndarray]:
     """Probabilities of the variant converted without the feature-map output (the check that
     the extra output changes nothing)."""
     from convert.tflite import convert_model
 
-    scratch.write_bytes(convert_model(model, variant, data["val"][0], feature_map=False))
+    scratch.write_bytes(convert_model(model, variant, data["val"][0], feature_map=False,
+                                      int8_ranges=int8_ranges))
     try:
         single = TFLiteModel(scratch, threads)
         return {split: _predict(single, data[split][0], f"{variant} 1-output {split}")
@@ -73,12 +77,18 @@ def _line(name: str, report: dict) -> str:
 @click.option("--threads", default=2, show_default=True, help="Interpreter threads.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with manifest.json, the split and the Keras model (default: models/).")
+@click.option("--int8-ranges", type=click.Choice(["minmax", "refined"]), default="minmax",
+              show_default=True,
+              help="int8 activation ranges: the converter's calibration min / max (the shipped "
+                   "int8), or refined: each range refitted to its least quantization error on "
+                   "the same validation images, and the input rescaling made exact "
+                   "(benchmarks/reports/int8_ranges-<arch>.md).")
 @click.option("--accept-missed-targets", "accepted", default="", metavar="VARIANTS",
               help="Comma-separated variants to keep even if they miss a target: each miss is "
                    "printed and recorded in the manifest (verification.targets_missed). For a "
                    "deliberate, documented trade-off only.")
 def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
-         models_dir: Path | None, accepted: str) -> None:
+         models_dir: Path | None, int8_ranges: str, accepted: str) -> None:
     import keras
 
     from convert.feature_output import write_head
@@ -130,7 +140,8 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         # Verify under a temporary name: a variant that misses its target must not replace
         # the file an existing manifest entry vouches for.
         candidate = path.with_name(path.name + ".tmp")
-        candidate.write_bytes(convert_model(model, variant, data["val"][0]))
+        candidate.write_bytes(convert_model(model, variant, data["val"][0],
+                                            int8_ranges=int8_ranges))
         tflite = TFLiteModel(candidate, threads)
         probs = {split: _predict(tflite, data[split][0], f"{variant} {split}") for split in data}
         io_spec = tflite.io_spec()
@@ -138,7 +149,7 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         report = evaluate_variant(labels, probs, keras_probs)
         extra_output = feature_output_report(
             _single_output_probs(model, variant, data, threads,
-                                 path.with_name(path.name + ".1out.tmp")), probs)
+                                 path.with_name(path.name + ".1out.tmp"), int8_ranges), probs)
         size = candidate.stat().st_size
         size_ratio = baseline_bytes / size
         targets = targets_for(variant)
@@ -163,7 +174,8 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
             "threshold": report["threshold"],
             "threshold_rule": "highest T with malignant recall >= 0.95 on the validation split",
             "source_model": {"file": source.info["file"], "sha256": source.info["sha256"]},
-            "calibration": CALIBRATION if variant == "int8" else None,
+            "calibration": (f"{CALIBRATION}; {RANGE_NOTES[int8_ranges]}"
+                            if variant == "int8" else None),
             "made_by": f"busi-convert (tensorflow {_tf_version()}, keras {keras.__version__})",
             "verification": {"note": VERIFICATION_NOTE, **report, "targets": targets,
                              "targets_missed": failures,

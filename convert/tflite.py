@@ -17,8 +17,12 @@ import numpy as np
 import tensorflow as tf
 
 from convert.feature_output import with_feature_map
+from convert.int8_ranges import quantized, with_exact_input_scaling, with_mse_ranges
 
 VARIANTS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
+# int8 activation ranges: the converter's calibration min / max, or refined (convert.int8_ranges:
+# MSE-optimal ranges and exact input scaling, fitted on the same calibration images).
+INT8_RANGES: tuple[str, ...] = ("minmax", "refined")
 
 
 def _representative(images: np.ndarray):
@@ -29,25 +33,53 @@ def _representative(images: np.ndarray):
     return generate
 
 
+def int8_converter(model: keras.Model, calibration: np.ndarray | None,
+                   feature_map: bool = True) -> tf.lite.TFLiteConverter:
+    """The full-integer converter: uint8 in and out, ranges calibrated on `calibration`."""
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("int8 conversion needs calibration images")
+    converter = tf.lite.TFLiteConverter.from_keras_model(
+        with_feature_map(model) if feature_map else model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = _representative(calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
+    return converter
+
+
+def calibrated_model(model: keras.Model, calibration: np.ndarray,
+                     feature_map: bool = True) -> bytes:
+    """The float TFLite model with each tensor's calibration min / max recorded in it (the
+    converter's first half, as its quantization debugger uses it)."""
+    converter = int8_converter(model, calibration, feature_map)
+    converter._experimental_calibrate_only = True
+    with contextlib.redirect_stdout(io.StringIO()):
+        return converter.convert()
+
+
 def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | None = None,
-                  feature_map: bool = True) -> bytes:
+                  feature_map: bool = True, int8_ranges: str = "minmax") -> bytes:
     """Convert a Keras model; int8 needs calibration images (uint8, N x 224 x 224 x 3).
-    feature_map: also output the GAP layer's input (see `with_feature_map`)."""
+    feature_map: also output the GAP layer's input (see `with_feature_map`);
+    int8_ranges: one of INT8_RANGES."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-    source = with_feature_map(model) if feature_map else model
-    converter = tf.lite.TFLiteConverter.from_keras_model(source)
+    if int8_ranges not in INT8_RANGES:
+        raise ValueError(f"unknown int8 ranges {int8_ranges!r}; choose from {INT8_RANGES}")
+    if variant == "int8" and int8_ranges == "refined":
+        calibrated = calibrated_model(model, calibration, feature_map)
+        refined, _ = with_mse_ranges(calibrated, calibration)
+        return quantized(with_exact_input_scaling(refined, model))
+    if variant == "int8":
+        converter = int8_converter(model, calibration, feature_map)
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(
+            with_feature_map(model) if feature_map else model)
     if variant != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if variant == "int8":
-        if calibration is None or len(calibration) == 0:
-            raise ValueError("int8 conversion needs calibration images")
-        converter.representative_dataset = _representative(calibration)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
 

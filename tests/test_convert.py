@@ -363,6 +363,24 @@ def test_cli_converts_and_enters_the_variants(passed_run) -> None:
         assert resolve_model(variant, folder / MANIFEST_FILENAME).path == path
 
 
+def test_cli_refined_int8_ranges_are_recorded(tiny_model, busi_root, tmp_path) -> None:
+    folder = make_models_dir(tmp_path / "models", tiny_model)
+    with pytest.MonkeyPatch.context() as patch:
+        loosen_size_target(patch)
+        result = run_convert(folder, busi_root, "int8", "--int8-ranges", "refined",
+                             "--accept-missed-targets", "int8")
+    assert result.exit_code == 0, result.output
+    entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/int8"]
+    assert "MSE-optimal" in entry["calibration"]
+    assert TFLiteModel(folder / entry["file"]).input_dtype == "uint8"
+
+
+def test_cli_default_int8_ranges_are_the_converters(passed_run) -> None:
+    _, folder, _ = passed_run
+    entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/int8"]
+    assert "calibration min / max" in entry["calibration"]
+
+
 @pytest.mark.parametrize("variant", ["float32", "int8"])
 def test_cli_records_the_interpreters_io(passed_run, variant: str) -> None:
     _, folder, _ = passed_run

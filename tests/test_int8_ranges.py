@@ -1,4 +1,4 @@
-"""benchmarks.int8_ranges: MSE-optimal activation ranges for the int8 converter (its numbers:
+"""convert.int8_ranges: refined activation ranges for the int8 converter (what they buy:
 benchmarks/reports/int8_ranges-<arch>.md)."""
 
 from __future__ import annotations
@@ -11,19 +11,18 @@ from hypothesis import strategies as st
 from tensorflow.lite.tools import flatbuffer_utils
 from tiny_models import tiny_classifier
 
-from benchmarks.int8_ranges import (
+from benchmarks.int8_study import tflite_probabilities
+from convert.int8_ranges import (
     RANGE_SCALES,
-    _recorded_ranges,
     activation_samples,
-    calibrated_model,
     mse_range,
     quantization_mse,
     quantized,
+    recorded_ranges,
     with_exact_input_scaling,
     with_mse_ranges,
 )
-from benchmarks.int8_study import tflite_probabilities
-from convert.tflite import convert_model
+from convert.tflite import calibrated_model, convert_model
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +59,9 @@ def test_recorded_ranges_reproduce_the_converters_int8(images) -> None:
 def test_every_range_is_refitted_and_none_widens(images) -> None:
     model = tiny_classifier()
     calibrated = calibrated_model(model, images)
-    recorded = _recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(calibrated))
+    recorded = recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(calibrated))
     tuned, _ = with_mse_ranges(calibrated, images)
-    refitted = _recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(tuned))
+    refitted = recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(tuned))
     samples = activation_samples(calibrated, list(recorded), images)
     assert refitted.keys() == recorded.keys()
     changed = 0
@@ -89,3 +88,21 @@ def test_exact_input_scaling_keeps_every_grey_level(images) -> None:
     assert exact["mul"] == pytest.approx((1 / 128, -128))  # pixel p -> level p - 128
     assert exact["add"] == pytest.approx((1 / 128, -1))
     assert rescaling_quantization(calibrated)["mul"][0] > 1 / 128  # what calibration gives
+
+
+def test_refined_conversion_is_the_three_steps_and_keeps_the_runtime_contract(images) -> None:
+    model = tiny_classifier(lite0_stem=True)
+    refined = convert_model(model, "int8", images, int8_ranges="refined")
+    calibrated = calibrated_model(model, images)
+    expected = quantized(with_exact_input_scaling(with_mse_ranges(calibrated, images)[0], model))
+    np.testing.assert_array_equal(tflite_probabilities(refined, images),
+                                  tflite_probabilities(expected, images))
+    interpreter = Interpreter(model_content=refined)
+    source = interpreter.get_input_details()[0]
+    assert source["dtype"] == np.uint8 and source["quantization"] == (1.0, 0)
+    assert {o["dtype"] for o in interpreter.get_output_details()} == {np.uint8}
+
+
+def test_unknown_int8_ranges_are_refused(images) -> None:
+    with pytest.raises(ValueError, match="int8 ranges"):
+        convert_model(tiny_classifier(), "int8", images, int8_ranges="percentile")
