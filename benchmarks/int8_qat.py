@@ -22,7 +22,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.int8_study import REPORTS, _conv_bn_pairs, margin_counts, tflite_probabilities
+from benchmarks.int8_study import (
+    REPORTS,
+    _conv_bn_pairs,
+    margin_counts,
+    study_inputs,
+    tflite_probabilities,
+)
 from benchmarks.metrics import agreement
 from convert.tflite import convert_model
 from edge_infer.datasets import (
@@ -33,7 +39,6 @@ from edge_infer.datasets import (
     split_files,
 )
 from edge_infer.decision import argmax_indices
-from edge_infer.manifest import resolve_model
 from train.data import dataset
 
 CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
@@ -298,14 +303,8 @@ def write_markdown(results: dict, path: Path) -> None:
               show_default=True, help="Folder for int8_qat-<arch>.json and .md.")
 def main(arch: str, epochs: int, learning_rate: float, busi_dir: str | None,
          out: Path) -> None:
-    source = resolve_model(f"{arch}/keras")
-    root = resolve_busi_dir(busi_dir)
-    data = {split: load_images(split_files(split), root, desc=split)[0]
-            for split in ("val", "test")}
-    train_images = _distillation_images(root)
-    model = keras.models.load_model(source.path)
-    keras_probs = {split: model.predict(images.astype(np.float32), verbose=0)
-                   for split, images in data.items()}
+    source, model, data, keras_probs = study_inputs(arch, busi_dir)
+    train_images = _distillation_images(resolve_busi_dir(busi_dir))
     baseline = convert_model(model, "int8", data["val"])
     source_row = {split: agreement(keras_probs[split], tflite_probabilities(baseline, images))
                   for split, images in data.items()}

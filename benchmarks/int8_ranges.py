@@ -20,11 +20,9 @@ import json
 from pathlib import Path
 
 import click
-import keras
-import numpy as np
 from tensorflow.lite.tools import flatbuffer_utils
 
-from benchmarks.int8_study import REPORTS, tflite_probabilities
+from benchmarks.int8_study import REPORTS, study_inputs, tflite_probabilities
 from benchmarks.metrics import agreement
 from convert.int8_ranges import (
     quantized,
@@ -33,8 +31,6 @@ from convert.int8_ranges import (
     with_mse_ranges,
 )
 from convert.tflite import calibrated_model
-from edge_infer.datasets import load_images, resolve_busi_dir, split_files
-from edge_infer.manifest import resolve_model
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -58,13 +54,7 @@ def write_markdown(results: dict, path: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REPORTS,
               show_default=True, help="Folder for int8_ranges-<arch>.json and .md.")
 def main(arch: str, busi_dir: str | None, out: Path) -> None:
-    source = resolve_model(f"{arch}/keras")
-    root = resolve_busi_dir(busi_dir)
-    data = {split: load_images(split_files(split), root, desc=split)[0]
-            for split in ("val", "test")}
-    model = keras.models.load_model(source.path)
-    keras_probs = {split: model.predict(images.astype(np.float32), verbose=0)
-                   for split, images in data.items()}
+    source, model, data, keras_probs = study_inputs(arch, busi_dir)
     calibrated = calibrated_model(model, data["val"])
     tuned, shrunk = with_mse_ranges(calibrated, data["val"])
     tensor_count = len(recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(tuned)))

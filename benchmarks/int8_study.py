@@ -190,6 +190,19 @@ def _static_int8(qt) -> None:
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
 
 
+def study_inputs(arch: str, busi_dir: str | None) -> tuple:
+    """What every int8 study starts from: the shipped Keras model's manifest entry, the model,
+    the BUSI validation and test images, and the model's probabilities on them."""
+    source = resolve_model(f"{arch}/keras")
+    root = resolve_busi_dir(busi_dir)
+    data = {split: load_images(split_files(split), root, desc=split)[0]
+            for split in ("val", "test")}
+    model = keras.models.load_model(source.path)
+    keras_probs = {split: model.predict(images.astype(np.float32), verbose=0)
+                   for split, images in data.items()}
+    return source, model, data, keras_probs
+
+
 def margin_counts(keras_probs: np.ndarray) -> dict[str, int]:
     """How many images the Keras model itself barely decides (top-2 probability margin)."""
     top2 = np.sort(keras_probs, axis=1)[:, -2:]
@@ -230,13 +243,7 @@ def write_markdown(results: dict, path: Path) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REPORTS,
               show_default=True, help="Folder for int8_study-<arch>.json and .md.")
 def main(arch: str, busi_dir: str | None, out: Path) -> None:
-    source = resolve_model(f"{arch}/keras")
-    root = resolve_busi_dir(busi_dir)
-    data = {split: load_images(split_files(split), root, desc=split)[0]
-            for split in ("val", "test")}
-    model = keras.models.load_model(source.path)
-    keras_probs = {split: model.predict(images.astype(np.float32), verbose=0)
-                   for split, images in data.items()}
+    source, model, data, keras_probs = study_inputs(arch, busi_dir)
     rows = []
 
     def measure(name: str, model_bytes: bytes) -> None:

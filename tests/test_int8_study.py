@@ -8,6 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from tiny_models import tiny_classifier
 
 from benchmarks.int8_study import (
     _conv_bn_pairs,
@@ -19,30 +20,6 @@ from benchmarks.int8_study import (
 )
 from edge_infer.datasets import load_images, split_files
 from edge_infer.tflite_model import TFLiteModel
-
-
-def tiny_model(seed: int = 0) -> keras.Model:
-    """outer model -> nested backbone (conv+BN, depthwise+BN, conv with its own bias) -> head,
-    with non-trivial BN statistics so folding matters."""
-    keras.utils.set_random_seed(seed)
-    image = keras.Input((16, 16, 3))
-    x = keras.layers.Rescaling(1 / 128, offset=-1)(image)
-    x = keras.layers.Conv2D(8, 3, use_bias=False, name="stem_conv")(x)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
-    x = keras.layers.ReLU(6)(x)
-    x = keras.layers.DepthwiseConv2D(3, use_bias=False, name="dw")(x)
-    x = keras.layers.BatchNormalization(name="dw_bn")(x)
-    x = keras.layers.Conv2D(4, 1, name="biased_conv")(x)
-    backbone = keras.Model(image, x, name="backbone")
-    rng = np.random.default_rng(seed)
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.2, 3, n), rng.normal(0, 1, n),
-                               rng.normal(0, 1, n), rng.uniform(0.01, 4, n)])
-    outer_input = keras.Input((16, 16, 3))
-    pooled = keras.layers.GlobalAveragePooling2D()(backbone(outer_input))
-    return keras.Model(outer_input, keras.layers.Dense(3, activation="softmax")(pooled))
 
 
 def folded(kernel: np.ndarray, conv: keras.layers.Layer,
@@ -63,13 +40,14 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 
 def test_pairs_find_each_convolution_and_its_batch_norm() -> None:
-    pairs = _conv_bn_pairs(backbone_of(tiny_model()))
+    pairs = _conv_bn_pairs(backbone_of(tiny_classifier()))
     assert [(conv.name, bn.name if bn else None) for conv, bn in pairs] == [
-        ("stem_conv", "stem_bn"), ("dw", "dw_bn"), ("biased_conv", None)]
+        ("stem_conv", "stem_bn"), ("dw", "dw_bn"), ("project", "project_bn"),
+        ("biased_conv", None)]
 
 
 def test_snapped_folded_weights_sit_on_the_per_channel_int8_grid() -> None:
-    model = tiny_model()
+    model = tiny_classifier()
     for conv, batch_norm in _conv_bn_pairs(backbone_of(model)):
         before, _ = folded(np.asarray(conv.kernel), conv, batch_norm)
         snap_to_int8_grid(conv, batch_norm)
@@ -87,7 +65,7 @@ def test_snapped_folded_weights_sit_on_the_per_channel_int8_grid() -> None:
 
 def test_bias_correction_restores_every_layer_output_mean(tmp_path: Path) -> None:
     path = tmp_path / "tiny.keras"
-    tiny_model().save(path)
+    tiny_classifier().save(path)
     images = np.random.default_rng(1).integers(0, 256, (24, 16, 16, 3)).astype(np.uint8)
     corrected = snapped_with_bias_correction(path, images)
     reference = keras.models.load_model(path)
@@ -96,7 +74,7 @@ def test_bias_correction_restores_every_layer_output_mean(tmp_path: Path) -> Non
     for conv, batch_norm in _conv_bn_pairs(backbone_of(snapped_only)):
         snap_to_int8_grid(conv, batch_norm)
     gap_before = gap_after = 0.0
-    for name in ("stem_bn", "dw_bn", "biased_conv"):
+    for name in ("stem_bn", "dw_bn", "project_bn", "biased_conv"):
         want = channel_means(reference_bb, reference_bb.get_layer(name), images)
         got = channel_means(corrected_bb, corrected_bb.get_layer(name), images)
         np.testing.assert_allclose(got, want, atol=1e-4)
