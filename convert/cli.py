@@ -80,9 +80,10 @@ def _line(name: str, report: dict) -> str:
 @click.option("--int8-ranges", type=click.Choice(["minmax", "refined"]), default="minmax",
               show_default=True,
               help="int8 activation ranges: the converter's calibration min / max (the shipped "
-                   "int8), or refined: each range refitted to its least quantization error on "
-                   "the same validation images, and the input rescaling made exact "
-                   "(benchmarks/reports/int8_ranges-<arch>.md).")
+                   "int8), or refined: each intermediate range shrunk (factor 0.2-1) to its "
+                   "least quantization error on the same validation images, and the input "
+                   "rescaling made exact (benchmarks/reports/int8_ranges-<arch>.md). Only "
+                   "affects int8.")
 @click.option("--accept-missed-targets", "accepted", default="", metavar="VARIANTS",
               help="Comma-separated variants to keep even if they miss a target: each miss is "
                    "printed and recorded in the manifest (verification.targets_missed). For a "

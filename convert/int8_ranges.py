@@ -18,28 +18,40 @@ import tensorflow as tf
 from tensorflow.lite.python import convert as tflite_convert
 from tensorflow.lite.python import util as tflite_util
 from tensorflow.lite.tools import flatbuffer_utils
+from tqdm import tqdm
 
 RANGE_SCALES = np.linspace(0.2, 1.0, 33)
 SAMPLES_PER_IMAGE = 4096
+BUILTIN = flatbuffer_utils.schema_fb.BuiltinOperator
 STEPS = 255  # 256 levels of an 8-bit tensor
 
 
 def quantized(calibrated: bytes) -> bytes:
     """Full-integer int8 with uint8 input and output from a calibrated model's recorded ranges
     (the converter's second half: its quantizer, then the same I/O type change)."""
-    int8 = tflite_convert.mlir_quantize(calibrated)  # float I/O around int8 ops, as lite.py
-    return bytes(tflite_util.modify_model_io_type(int8, tf.uint8, tf.uint8))
+    int8 = tflite_convert.mlir_quantize(calibrated)  # float I/O around int8 ops ...
+    return bytes(tflite_util.modify_model_io_type(int8, tf.uint8, tf.uint8))  # ... made uint8
+
+
+def _operators(flat) -> list[tuple[int, list[int], list[int]]]:
+    """(builtin operator code, input tensors, output tensors) of each op, in execution order."""
+    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in flat.operatorCodes]
+    return [(codes[op.opcodeIndex], list(op.inputs), list(op.outputs))
+            for op in flat.subgraphs[0].operators]
 
 
 def recorded_ranges(model) -> dict[int, tuple[float, float]]:
-    """Calibration ranges of the intermediate tensors (the model's inputs and outputs keep
-    theirs: uint8 pixels, probabilities and the feature map the runtime reads)."""
+    """Calibration ranges of the intermediate tensors. The model's inputs and outputs keep
+    theirs (uint8 pixels, probabilities), and so does the feature map (the input of the last
+    MEAN, the global average pooling): it is an output of the shipped two-output model, and
+    the single-output check must quantize it the same way."""
     subgraph = model.subgraphs[0]
-    ends = {*subgraph.inputs, *subgraph.outputs}
+    pooling = [inputs[0] for code, inputs, _ in _operators(model) if code == BUILTIN.MEAN]
+    kept = {*subgraph.inputs, *subgraph.outputs, *pooling[-1:]}
     ranges = {}
     for index, tensor in enumerate(subgraph.tensors):
         quantization = tensor.quantization
-        if index in ends:
+        if index in kept:
             continue
         if quantization is not None and quantization.min is not None and len(quantization.min):
             ranges[index] = (float(quantization.min[0]), float(quantization.max[0]))
@@ -56,7 +68,7 @@ def activation_samples(calibrated: bytes, tensors: list[int], images: np.ndarray
     source = interpreter.get_input_details()[0]["index"]
     rng = np.random.default_rng(seed)
     samples = {index: [] for index in tensors}
-    for image in images:
+    for image in tqdm(images, desc="activation ranges", leave=False):
         interpreter.set_tensor(source, image[None].astype(np.float32))
         interpreter.invoke()
         for index in tensors:
@@ -102,23 +114,37 @@ def with_mse_ranges(calibrated: bytes, images: np.ndarray) -> tuple[bytes, list[
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), shrunk
 
 
+def _input_rescaling(model: keras.Model) -> keras.layers.Rescaling:
+    """The Rescaling layer applied directly to the input of the model or of a nested model."""
+    models = [model, *(layer for layer in model.layers if isinstance(layer, keras.Model))]
+    for owner in models:
+        for layer in owner.layers:
+            if isinstance(layer, keras.layers.Rescaling) and layer.input is owner.inputs[0]:
+                return layer
+    raise ValueError("exact input scaling needs a Rescaling layer on the model's input")
+
+
 def with_exact_input_scaling(calibrated: bytes, model: keras.Model) -> bytes:
-    """The calibrated model with the backbone's input Rescaling (pixel * scale + offset, which
-    TFLite runs as MUL then ADD) given the ranges on which both are exact for pixels 0..255:
-    the recorded ranges can be wider and then round the image to fewer grey levels."""
-    backbone = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
-    rescaling = next((layer for layer in backbone.layers
-                      if isinstance(layer, keras.layers.Rescaling)), None)
-    if rescaling is None:
-        return calibrated
+    """The calibrated model with the input Rescaling (pixel * scale + offset, which TFLite runs
+    as a MUL on the graph input, then an ADD) given the ranges on which both are exact for
+    pixels 0..255: the recorded ranges can be wider and then round the image to fewer grey
+    levels. Unchanged when the converter folded the rescaling into the first convolution."""
+    rescaling = _input_rescaling(model)
     scale, offset = float(rescaling.scale), float(rescaling.offset)
-    exact = {"mul": (0.0, 255 * scale), "add": (offset, 255 * scale + offset)}
     flat = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    operators = _operators(flat)
     tensors = flat.subgraphs[0].tensors
-    for index in recorded_ranges(flat):
-        name = tensors[index].name.decode()
-        op = name.rsplit("/", 1)[-1]
-        if f"/{rescaling.name}" in name and op in exact:
-            tensors[index].quantization.min = np.array([exact[op][0]], np.float32)
-            tensors[index].quantization.max = np.array([exact[op][1]], np.float32)
+    source = flat.subgraphs[0].inputs[0]
+    product = next((outputs[0] for code, inputs, outputs in operators
+                    if code == BUILTIN.MUL and source in inputs), None)
+    if product is None:
+        return calibrated
+    exact = {product: (0.0, 255 * scale)}
+    if offset:
+        total = next(outputs[0] for code, inputs, outputs in operators
+                     if code == BUILTIN.ADD and product in inputs)
+        exact[total] = (offset, 255 * scale + offset)
+    for index, (low, high) in exact.items():
+        tensors[index].quantization.min = np.array([low], np.float32)
+        tensors[index].quantization.max = np.array([high], np.float32)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))

@@ -363,16 +363,23 @@ def test_cli_converts_and_enters_the_variants(passed_run) -> None:
         assert resolve_model(variant, folder / MANIFEST_FILENAME).path == path
 
 
-def test_cli_refined_int8_ranges_are_recorded(tiny_model, busi_root, tmp_path) -> None:
+def test_cli_refined_int8_ranges_are_used_and_recorded(tiny_model, busi_root, val_split,
+                                                       test_images, tmp_path) -> None:
     folder = make_models_dir(tmp_path / "models", tiny_model)
     with pytest.MonkeyPatch.context() as patch:
         loosen_size_target(patch)
-        result = run_convert(folder, busi_root, "int8", "--int8-ranges", "refined",
-                             "--accept-missed-targets", "int8")
+        result = run_convert(folder, busi_root, "int8", "--int8-ranges", "refined")
     assert result.exit_code == 0, result.output
     entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/int8"]
     assert "MSE-optimal" in entry["calibration"]
-    assert TFLiteModel(folder / entry["file"]).input_dtype == "uint8"
+    assert entry["verification"]["targets_missed"] == []
+    written = TFLiteModel(folder / entry["file"])
+    refined = tmp_path / "refined.tflite"
+    refined.write_bytes(convert_model(tiny_model, "int8", val_split[0], int8_ranges="refined"))
+    reference = TFLiteModel(refined)
+    for image in test_images[:8]:
+        np.testing.assert_array_equal(written.probabilities(image),
+                                      reference.probabilities(image))
 
 
 def test_cli_default_int8_ranges_are_the_converters(passed_run) -> None:

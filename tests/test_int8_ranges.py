@@ -3,6 +3,7 @@ benchmarks/reports/int8_ranges-<arch>.md)."""
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
@@ -106,3 +107,46 @@ def test_refined_conversion_is_the_three_steps_and_keeps_the_runtime_contract(im
 def test_unknown_int8_ranges_are_refused(images) -> None:
     with pytest.raises(ValueError, match="int8 ranges"):
         convert_model(tiny_classifier(), "int8", images, int8_ranges="percentile")
+
+
+def two_rescalings() -> keras.Model:
+    """Input Rescaling, then a second one whose output is negative too (as keras.applications
+    EfficientNetB0 with ImageNet weights has): only the first is the input scaling."""
+    image = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255, name="rescaling")(image)
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="rescaling_1")(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="stem_conv")(x)
+    backbone = keras.Model(image, x, name="backbone")
+    outer_input = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(outer_input))
+    return keras.Model(outer_input, keras.layers.Dense(3, activation="softmax")(pooled))
+
+
+def test_exact_input_scaling_touches_only_the_rescaling_of_the_input(images) -> None:
+    keras.utils.set_random_seed(0)
+    model = two_rescalings()
+    calibrated = calibrated_model(model, images)
+    before = recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(calibrated))
+    after = recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(
+        with_exact_input_scaling(calibrated, model)))
+    changed = {index: after[index] for index in before if after[index] != before[index]}
+    assert list(changed.values()) == [pytest.approx((0.0, 1.0))]  # pixel / 255 only
+    assert min(low for low, _ in after.values()) < -0.5  # the second rescaling kept its range
+
+
+def test_exact_input_scaling_needs_a_rescaling_on_the_input(images) -> None:
+    image = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image))
+    model = keras.Model(image, keras.layers.Dense(3, activation="softmax")(pooled))
+    with pytest.raises(ValueError, match="Rescaling"):
+        with_exact_input_scaling(calibrated_model(model, images, feature_map=False), model)
+
+
+def test_refined_ranges_leave_the_feature_map_output_check_exact(images) -> None:
+    """busi-convert compares the two-output model with a single-output one: refitting must
+    treat the feature map the same in both."""
+    model = tiny_classifier(seed=1, lite0_stem=True)
+    two = convert_model(model, "int8", images, int8_ranges="refined")
+    one = convert_model(model, "int8", images, feature_map=False, int8_ranges="refined")
+    np.testing.assert_array_equal(tflite_probabilities(one, images),
+                                  tflite_probabilities(two, images))
