@@ -25,6 +25,7 @@ import tensorflow as tf
 from benchmarks.int8_study import (
     REPORTS,
     _conv_bn_pairs,
+    folding_scale,
     margin_counts,
     study_inputs,
     tflite_probabilities,
@@ -104,8 +105,7 @@ class QuantSimulation:
         if norm is None:
             bias = np.asarray(conv.bias) if conv.use_bias else np.zeros(kernel.shape[-1])
             return kernel.astype(np.float32), bias.astype(np.float32)
-        scale = (np.asarray(norm.gamma, np.float64)
-                 / np.sqrt(np.asarray(norm.moving_variance, np.float64) + norm.epsilon))
+        scale = folding_scale(norm)
         shape = [1, 1, -1, 1] if isinstance(conv, keras.layers.DepthwiseConv2D) else [1, 1, 1, -1]
         bias = np.asarray(norm.beta, np.float64) - np.asarray(norm.moving_mean, np.float64) * scale
         return (kernel * scale.reshape(shape)).astype(np.float32), bias.astype(np.float32)

@@ -24,8 +24,7 @@ import tensorflow as tf
 from tensorflow.lite.python import util as tflite_util
 
 from benchmarks.metrics import agreement
-from convert.feature_output import with_feature_map
-from convert.tflite import convert_model, float32_weight_bytes
+from convert.tflite import convert_model, float32_weight_bytes, int8_converter
 from edge_infer.datasets import load_images, resolve_busi_dir, split_files
 from edge_infer.manifest import resolve_model
 
@@ -59,19 +58,10 @@ def tflite_probabilities(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
     return np.stack(rows)
 
 
-def _int8_converter(model: keras.Model, calibration: np.ndarray) -> tf.lite.TFLiteConverter:
-    converter = tf.lite.TFLiteConverter.from_keras_model(with_feature_map(model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([image[None].astype(np.float32)]
-                                                for image in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter
-
-
 def debugger_ranking(model: keras.Model, calibration: np.ndarray) -> list[dict]:
     """Quantized layers by RMSE against float, in units of the layer's quantization step."""
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=_int8_converter(model, calibration),
+        converter=int8_converter(model, calibration),
         debug_dataset=lambda: ([image[None].astype(np.float32)] for image in calibration))
     debugger.run()
     dump = io.StringIO()
@@ -87,7 +77,7 @@ def int8_with_float_fallback(model: keras.Model, calibration: np.ndarray,
                              tensors: list[str]) -> bytes:
     """Full-integer model except the ops that output `tensors`, which stay float; uint8 I/O."""
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=_int8_converter(model, calibration),
+        converter=int8_converter(model, calibration),
         debug_dataset=lambda: ([image[None].astype(np.float32)] for image in calibration),
         debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=tensors))
     return tflite_util.modify_model_io_type(debugger.get_nondebug_quantized_model(),
@@ -134,15 +124,18 @@ def _conv_bn_pairs(backbone: keras.Model) -> list[ConvAndNorm]:
     return pairs
 
 
+def folding_scale(batch_norm: keras.layers.Layer) -> np.ndarray:
+    """Per-channel factor a BatchNorm multiplies its convolution's kernel by when folded:
+    gamma / sqrt(moving variance + epsilon)."""
+    return (np.asarray(batch_norm.gamma, np.float64)
+            / np.sqrt(np.asarray(batch_norm.moving_variance, np.float64) + batch_norm.epsilon))
+
+
 def snap_to_int8_grid(conv: keras.layers.Layer, batch_norm: keras.layers.Layer | None) -> None:
     """Round the kernel to TFLite's symmetric per-channel int8 grid of the BN-folded weights."""
     kernel = np.asarray(conv.kernel, np.float64)
     axis = 2 if isinstance(conv, keras.layers.DepthwiseConv2D) else 3
-    fold = np.ones(kernel.shape[axis])
-    if batch_norm is not None:
-        gamma = np.asarray(batch_norm.gamma, np.float64)
-        fold = gamma / np.sqrt(np.asarray(batch_norm.moving_variance, np.float64)
-                               + batch_norm.epsilon)
+    fold = np.ones(kernel.shape[axis]) if batch_norm is None else folding_scale(batch_norm)
     shape = [1, 1, 1, 1]
     shape[axis] = -1
     folded = kernel * fold.reshape(shape)

@@ -8,11 +8,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 from tiny_models import tiny_classifier
 
 from benchmarks.int8_study import (
     _conv_bn_pairs,
     channel_means,
+    debugger_ranking,
+    int8_with_float_fallback,
     margin_counts,
     snap_to_int8_grid,
     snapped_with_bias_correction,
@@ -105,3 +108,16 @@ def shipped_int8() -> Path:
     from edge_infer.manifest import resolve_model
 
     return resolve_model("efficientnet-lite0/int8").path
+
+
+def test_float_fallback_keeps_the_uint8_contract_and_stays_close_to_keras() -> None:
+    model = tiny_classifier(lite0_stem=True)
+    images = np.random.default_rng(5).integers(0, 256, (24, 16, 16, 3)).astype(np.uint8)
+    ranking = debugger_ranking(model, images)
+    steps = [row["rmse_steps"] for row in ranking]
+    assert steps == sorted(steps, reverse=True) and steps[0] > 0
+    fallback = bytes(int8_with_float_fallback(model, images, [ranking[0]["tensor"]]))
+    source = Interpreter(model_content=fallback).get_input_details()[0]
+    assert source["dtype"] == np.uint8 and source["quantization"] == (1.0, 0)
+    keras_probs = model.predict(images.astype(np.float32), verbose=0)
+    assert np.abs(tflite_probabilities(fallback, images) - keras_probs).max() < 0.05
