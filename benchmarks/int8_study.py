@@ -1,10 +1,11 @@
 """`python -m benchmarks.int8_study`: what each int8 fix buys on a shipped Keras model.
 
 Every row is a full-integer (or partly float) TFLite model of the same Keras model, compared
-with it on BUSI validation and test images: the converter's plain int8 (what `busi-convert`
-ships), float fallback for the layers the TFLite quantization debugger ranks worst,
-ai-edge-quantizer recipes (weight-only int8 per op type, static int8), and int8-grid weight
-snapping with empirical bias correction. Everything is fitted on validation images only.
+with it on BUSI validation and test images: the converter's plain int8 (calibration min / max),
+`busi-convert`'s refined ranges (what it ships; benchmarks.int8_ranges), float fallback for the
+layers the TFLite quantization debugger ranks worst, ai-edge-quantizer recipes (weight-only
+int8 per op type, static int8), and int8-grid weight snapping with empirical bias correction.
+Everything is fitted on validation images only.
 Writes benchmarks/reports/int8_study-<arch>.{json,md}; takes ~20 minutes on 2 cores.
 """
 
@@ -248,7 +249,10 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
                    f"max |dp| {row['test']['max_abs_dprob']:.3f}", err=True)
 
     calibration = data["val"]
-    measure("int8, TFLite converter (shipped)", convert_model(model, "int8", calibration))
+    measure("int8, TFLite converter (calibration min / max)",
+            convert_model(model, "int8", calibration, int8_ranges="minmax"))
+    measure("int8, refined ranges (busi-convert default, shipped)",
+            convert_model(model, "int8", calibration, int8_ranges="refined"))
     ranking = debugger_ranking(model, calibration)
     for count in FALLBACK_COUNTS:
         measure(f"int8, {count} worst layers (debugger) in float",
@@ -268,7 +272,7 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
                                      corrected.predict(images.astype(np.float32), verbose=0))
                     for split, images in data.items()}})
     measure("int8 of the grid-snapped, bias-corrected model",
-            convert_model(corrected, "int8", calibration))
+            convert_model(corrected, "int8", calibration, int8_ranges="minmax"))
     corrected_ranking = debugger_ranking(corrected, calibration)
     results = {"model": f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})",
                "float32_weight_bytes": float32_weight_bytes(model), "rows": rows,

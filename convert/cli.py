@@ -17,6 +17,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from convert.int8_choices import DEFAULT_INT8_RANGES, INT8_RANGES, RANGE_NOTES
 from edge_infer.datasets import SPLIT_FILENAME, load_images, resolve_busi_dir, split_files
 from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.manifest import (
@@ -32,9 +33,6 @@ from edge_infer.tflite_model import TFLiteModel
 
 DEFAULT_VARIANTS = "float32,float16,int8"
 CALIBRATION = "all BUSI validation images of the split manifest (preprocess_image, uint8)"
-RANGE_NOTES = {"minmax": "activation ranges: calibration min / max (the converter's default)",
-               "refined": "activation ranges: MSE-optimal on the calibration images, exact input "
-                          "scaling (convert.int8_ranges)"}
 VERIFICATION_NOTE = ("the conversion check against Keras, on uncalibrated probabilities with a "
                      "threshold chosen on them (BUSI validation split); busi-calibrate then "
                      "sets the entry's temperature and threshold, which the runtime applies")
@@ -77,12 +75,12 @@ def _line(name: str, report: dict) -> str:
 @click.option("--threads", default=2, show_default=True, help="Interpreter threads.")
 @click.option("--models-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with manifest.json, the split and the Keras model (default: models/).")
-@click.option("--int8-ranges", type=click.Choice(["minmax", "refined"]), default="minmax",
+@click.option("--int8-ranges", type=click.Choice(INT8_RANGES), default=DEFAULT_INT8_RANGES,
               show_default=True,
-              help="int8 activation ranges: the converter's calibration min / max (the shipped "
-                   "int8), or refined: each intermediate range shrunk (factor 0.2-1) to its "
-                   "least quantization error on the same validation images, and the input "
-                   "rescaling made exact (benchmarks/reports/int8_ranges-<arch>.md). Only "
+              help="int8 activation ranges: refined (the shipped int8): each intermediate range "
+                   "shrunk (factor 0.2-1) to its least quantization error on the validation "
+                   "images and the input rescaling made exact, or minmax: the converter's "
+                   "calibration min / max (benchmarks/reports/int8_ranges-<arch>.md). Only "
                    "affects int8.")
 @click.option("--accept-missed-targets", "accepted", default="", metavar="VARIANTS",
               help="Comma-separated variants to keep even if they miss a target: each miss is "

@@ -17,12 +17,10 @@ import numpy as np
 import tensorflow as tf
 
 from convert.feature_output import with_feature_map
+from convert.int8_choices import DEFAULT_INT8_RANGES, INT8_RANGES
 from convert.int8_ranges import quantized, with_exact_input_scaling, with_mse_ranges
 
 VARIANTS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
-# int8 activation ranges: the converter's calibration min / max, or refined (convert.int8_ranges:
-# MSE-optimal ranges and exact input scaling, fitted on the same calibration images).
-INT8_RANGES: tuple[str, ...] = ("minmax", "refined")
 
 
 def _representative(images: np.ndarray):
@@ -59,7 +57,8 @@ def calibrated_model(model: keras.Model, calibration: np.ndarray,
 
 
 def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | None = None,
-                  feature_map: bool = True, int8_ranges: str = "minmax") -> bytes:
+                  feature_map: bool = True,
+                  int8_ranges: str = DEFAULT_INT8_RANGES) -> bytes:
     """Convert a Keras model; int8 needs calibration images (uint8, N x 224 x 224 x 3).
     feature_map: also output the GAP layer's input (see `with_feature_map`);
     int8_ranges: one of INT8_RANGES."""

@@ -363,29 +363,36 @@ def test_cli_converts_and_enters_the_variants(passed_run) -> None:
         assert resolve_model(variant, folder / MANIFEST_FILENAME).path == path
 
 
-def test_cli_refined_int8_ranges_are_used_and_recorded(tiny_model, busi_root, val_split,
-                                                       test_images, tmp_path) -> None:
+def test_cli_minmax_int8_ranges_are_used_and_recorded(tiny_model, busi_root, val_split,
+                                                      test_images, tmp_path) -> None:
     folder = make_models_dir(tmp_path / "models", tiny_model)
     with pytest.MonkeyPatch.context() as patch:
         loosen_size_target(patch)
-        result = run_convert(folder, busi_root, "int8", "--int8-ranges", "refined")
+        result = run_convert(folder, busi_root, "int8", "--int8-ranges", "minmax")
     assert result.exit_code == 0, result.output
     entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/int8"]
-    assert "MSE-optimal" in entry["calibration"]
-    assert entry["verification"]["targets_missed"] == []
+    assert "calibration min / max" in entry["calibration"]
     written = TFLiteModel(folder / entry["file"])
-    refined = tmp_path / "refined.tflite"
-    refined.write_bytes(convert_model(tiny_model, "int8", val_split[0], int8_ranges="refined"))
-    reference = TFLiteModel(refined)
+    minmax = tmp_path / "minmax.tflite"
+    minmax.write_bytes(convert_model(tiny_model, "int8", val_split[0], int8_ranges="minmax"))
+    reference = TFLiteModel(minmax)
     for image in test_images[:8]:
         np.testing.assert_array_equal(written.probabilities(image),
                                       reference.probabilities(image))
 
 
-def test_cli_default_int8_ranges_are_the_converters(passed_run) -> None:
+def test_cli_default_int8_ranges_are_refined(passed_run, tiny_model, val_split, test_images,
+                                             tmp_path) -> None:
     _, folder, _ = passed_run
     entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/int8"]
-    assert "calibration min / max" in entry["calibration"]
+    assert "MSE-optimal" in entry["calibration"]
+    assert entry["verification"]["targets_missed"] == []
+    refined = tmp_path / "refined.tflite"
+    refined.write_bytes(convert_model(tiny_model, "int8", val_split[0], int8_ranges="refined"))
+    written, reference = TFLiteModel(folder / entry["file"]), TFLiteModel(refined)
+    for image in test_images[:8]:
+        np.testing.assert_array_equal(written.probabilities(image),
+                                      reference.probabilities(image))
 
 
 @pytest.mark.parametrize("variant", ["float32", "int8"])

@@ -52,7 +52,8 @@ def test_int8_mode_tracks_the_converted_int8_model(images, build) -> None:
     calibration, held_out = images[:16], images[16:]
     simulation = QuantSimulation(model)
     simulation.calibrate(calibration)
-    tflite = tflite_probabilities(convert_model(model, "int8", calibration, feature_map=False),
+    tflite = tflite_probabilities(convert_model(model, "int8", calibration, feature_map=False,
+                                              int8_ranges="minmax"),
                                   held_out)
     assert np.abs(softmax_of(simulation, held_out, "float") - tflite).mean() > 1e-4  # int8 differs
     np.testing.assert_allclose(softmax_of(simulation, held_out, "int8"), tflite, atol=1e-6)

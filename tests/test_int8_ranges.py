@@ -52,7 +52,8 @@ def test_mse_range_is_the_scaled_range_with_the_least_error() -> None:
 
 def test_recorded_ranges_reproduce_the_converters_int8(images) -> None:
     model = tiny_classifier()
-    expected = tflite_probabilities(convert_model(model, "int8", images), images)
+    expected = tflite_probabilities(convert_model(model, "int8", images, int8_ranges="minmax"),
+                                    images)
     got = tflite_probabilities(quantized(calibrated_model(model, images)), images)
     np.testing.assert_array_equal(got, expected)
 
