@@ -62,7 +62,7 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
     variants = {"min / max (converter default)": calibrated,
                 "min / max, exact input scaling": with_exact_input_scaling(calibrated, model),
                 "MSE-optimal": tuned,
-                "MSE-optimal, exact input scaling (busi-convert default, shipped)":
+                "MSE-optimal, exact input scaling (busi-convert's default)":
                     with_exact_input_scaling(tuned, model)}
     for name, ranges in variants.items():
         blob = quantized(ranges)

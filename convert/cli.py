@@ -155,7 +155,7 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         failures = (check_targets(targets, report, keras_report, size_ratio)
                     + check_feature_output(variant, extra_output))
         click.echo(_line(variant, report) + f"  size {size / 1e6:.1f} MB "
-                   f"({size_ratio:.1f}x smaller)  feature output: max|dp| "
+                   f"({size_ratio:.2f}x smaller)  feature output: max|dp| "
                    f"{extra_output['test']['max_abs_dprob']:.2g} vs 1 output"
                    + (f"  FAILED: {failures}" if failures else ""))
         if failures and variant not in accepted.split(","):

@@ -15,6 +15,7 @@ import io
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.tools import flatbuffer_utils
 
 from convert.feature_output import with_feature_map
 from convert.int8_choices import DEFAULT_INT8_RANGES, INT8_RANGES
@@ -56,6 +57,17 @@ def calibrated_model(model: keras.Model, calibration: np.ndarray,
         return converter.convert()
 
 
+def _int8(model: keras.Model, calibration: np.ndarray | None, feature_map: bool,
+          int8_ranges: str) -> bytes:
+    """The full-integer model with the chosen activation ranges (names still in)."""
+    if int8_ranges == "refined":
+        calibrated = calibrated_model(model, calibration, feature_map)
+        refined, _ = with_mse_ranges(calibrated, calibration)
+        return quantized(with_exact_input_scaling(refined, model))
+    with contextlib.redirect_stdout(io.StringIO()):
+        return int8_converter(model, calibration, feature_map).convert()
+
+
 def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | None = None,
                   feature_map: bool = True,
                   int8_ranges: str = DEFAULT_INT8_RANGES) -> bytes:
@@ -66,21 +78,25 @@ def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | No
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     if int8_ranges not in INT8_RANGES:
         raise ValueError(f"unknown int8 ranges {int8_ranges!r}; choose from {INT8_RANGES}")
-    if variant == "int8" and int8_ranges == "refined":
-        calibrated = calibrated_model(model, calibration, feature_map)
-        refined, _ = with_mse_ranges(calibrated, calibration)
-        return quantized(with_exact_input_scaling(refined, model))
     if variant == "int8":
-        converter = int8_converter(model, calibration, feature_map)
-    else:
-        converter = tf.lite.TFLiteConverter.from_keras_model(
-            with_feature_map(model) if feature_map else model)
+        return without_names(_int8(model, calibration, feature_map, int8_ranges))
+    converter = tf.lite.TFLiteConverter.from_keras_model(
+        with_feature_map(model) if feature_map else model)
     if variant != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
+
+
+def without_names(model_bytes: bytes) -> bytes:
+    """The model without its debug strings (tensor and subgraph names, description, signature:
+    49 KB of Lite0's int8 file, which has a size target); the runtime finds its tensors by
+    shape, so nothing it reads changes."""
+    model = flatbuffer_utils.convert_bytearray_to_object(model_bytes)
+    flatbuffer_utils.strip_strings(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def float32_weight_bytes(model: keras.Model) -> int:

@@ -17,10 +17,11 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tensorflow.lite.tools import flatbuffer_utils
 
 from convert import verify
 from convert.cli import main as convert_main
-from convert.tflite import VARIANTS, convert_model, float32_weight_bytes
+from convert.tflite import VARIANTS, convert_model, float32_weight_bytes, int8_converter
 from edge_infer.calibration import choose_threshold
 from edge_infer.datasets import SPLIT_FILENAME, load_images, split_files
 from edge_infer.datasets import models_dir as shipped_models_dir
@@ -158,6 +159,35 @@ def test_file_sizes_follow_the_variant(converted, tiny_model) -> None:
     assert size["dynamic"] / size["float32"] < 0.35
     assert float32_weight_bytes(tiny_model) == 4 * TINY_PARAMS
     assert size["float32"] >= 4 * TINY_PARAMS
+
+
+def test_int8_is_written_without_names_and_computes_the_same(tiny_model, val_split, test_images,
+                                                             tmp_path) -> None:
+    named, stripped = tmp_path / "named.tflite", tmp_path / "stripped.tflite"
+    named.write_bytes(int8_converter(tiny_model, val_split[0]).convert())
+    stripped.write_bytes(convert_model(tiny_model, "int8", val_split[0], int8_ranges="minmax"))
+    assert stripped.stat().st_size < named.stat().st_size
+    names = [t["name"] for t in TFLiteModel(stripped).interpreter.get_tensor_details()]
+    assert names and not any(names)
+    for image in test_images[:8]:
+        np.testing.assert_array_equal(TFLiteModel(stripped).probabilities(image),
+                                      TFLiteModel(named).probabilities(image))
+
+
+def test_tflite_needs_a_zero_point_per_channel_scale(converted, tmp_path) -> None:
+    """Why the int8 file cannot drop its (all-zero) int64 per-channel zero points to meet the
+    size target (README, Conversion)."""
+    model = flatbuffer_utils.read_model(str(converted["int8"]))
+    per_channel = [t.quantization for t in model.subgraphs[0].tensors
+                   if t.quantization is not None and t.quantization.zeroPoint is not None
+                   and len(t.quantization.zeroPoint) > 1]
+    assert per_channel and not any(np.any(q.zeroPoint) for q in per_channel)
+    for quantization in per_channel:
+        quantization.zeroPoint = np.zeros(1, np.int64)
+    shortened = tmp_path / "one-zero-point.tflite"
+    flatbuffer_utils.write_model(model, str(shortened))
+    with pytest.raises(Exception, match="zero_point values and .* scale values"):
+        TFLiteModel(shortened)
 
 
 @pytest.mark.parametrize("calibration", [None, np.zeros((0, *INPUT_SHAPE), np.uint8)],
