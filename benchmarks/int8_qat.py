@@ -14,7 +14,6 @@ Writes benchmarks/reports/int8_qat-<arch>.{json,md}; ~3 minutes an epoch on 2 co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,12 +23,14 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.int8_study import (
-    REPORTS,
     _conv_bn_pairs,
     folding_scale,
     margin_counts,
+    model_label,
     study_inputs,
+    study_options,
     tflite_probabilities,
+    write_reports,
 )
 from benchmarks.metrics import agreement
 from convert.tflite import convert_model
@@ -296,12 +297,9 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 @click.command(help=__doc__)
-@click.option("--arch", default="efficientnet-lite0", show_default=True)
+@study_options("int8_qat")
 @click.option("--epochs", default=3, show_default=True)
 @click.option("--learning-rate", default=4e-6, show_default=True)
-@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REPORTS,
-              show_default=True, help="Folder for int8_qat-<arch>.json and .md.")
 def main(arch: str, epochs: int, learning_rate: float, busi_dir: str | None,
          out: Path) -> None:
     source, model, data, keras_probs = study_inputs(arch, busi_dir)
@@ -332,15 +330,12 @@ def main(arch: str, epochs: int, learning_rate: float, busi_dir: str | None,
                      "test_flipped": _flipped(keras_probs["test"], probs["test"])})
         click.echo(f"epoch {epoch}: loss {loss:.4f}, TFLite int8 test agreement "
                    f"{rows[-1]['test']['agreement']:.3f}", err=True)
-    results = {"model": f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})",
+    results = {"model": model_label(arch, source),
                "learning_rate": learning_rate, "distillation_images": len(train_images),
                "source_int8": source_row | {"test_flipped": _flipped(
                    keras_probs["test"], tflite_probabilities(baseline, data["test"]))},
                "epochs": rows, "test_margins": margin_counts(keras_probs["test"])}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"int8_qat-{arch}.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, out / f"int8_qat-{arch}.md")
-    click.echo(f"wrote {out / f'int8_qat-{arch}.md'}")
+    write_reports(results, out, f"int8_qat-{arch}", write_markdown)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,19 @@ Writes benchmarks/reports/int8_ranges-<arch>.{json,md}; a few minutes on 2 cores
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from tensorflow.lite.tools import flatbuffer_utils
 
-from benchmarks.int8_study import REPORTS, study_inputs, tflite_probabilities
+from benchmarks.int8_study import (
+    default_note,
+    model_label,
+    study_inputs,
+    study_options,
+    tflite_probabilities,
+    write_reports,
+)
 from benchmarks.metrics import agreement
 from convert.int8_ranges import (
     quantized,
@@ -30,7 +36,7 @@ from convert.int8_ranges import (
     with_exact_input_scaling,
     with_mse_ranges,
 )
-from convert.tflite import calibrated_model
+from convert.tflite import calibrated_model, without_names
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -49,33 +55,27 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 @click.command(help=__doc__)
-@click.option("--arch", default="efficientnet-lite0", show_default=True)
-@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REPORTS,
-              show_default=True, help="Folder for int8_ranges-<arch>.json and .md.")
+@study_options("int8_ranges")
 def main(arch: str, busi_dir: str | None, out: Path) -> None:
     source, model, data, keras_probs = study_inputs(arch, busi_dir)
     calibrated = calibrated_model(model, data["val"])
     tuned, shrunk = with_mse_ranges(calibrated, data["val"])
     tensor_count = len(recorded_ranges(flatbuffer_utils.convert_bytearray_to_object(tuned)))
     rows = []
-    variants = {"min / max (converter default)": calibrated,
+    variants = {f"min / max (converter default){default_note('minmax')}": calibrated,
                 "min / max, exact input scaling": with_exact_input_scaling(calibrated, model),
                 "MSE-optimal": tuned,
-                "MSE-optimal, exact input scaling (busi-convert's default)":
+                f"MSE-optimal, exact input scaling{default_note('refined')}":
                     with_exact_input_scaling(tuned, model)}
     for name, ranges in variants.items():
-        blob = quantized(ranges)
+        blob = without_names(quantized(ranges))  # as busi-convert writes it
         rows.append({"name": name, "bytes": len(blob),
                      **{split: agreement(keras_probs[split], tflite_probabilities(blob, images))
                         for split, images in data.items()}})
         click.echo(f"{name}: test agreement {rows[-1]['test']['agreement']:.3f}", err=True)
-    results = {"model": f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})",
+    results = {"model": model_label(arch, source),
                "rows": rows, "tensors": tensor_count, "shrunk": shrunk}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"int8_ranges-{arch}.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, out / f"int8_ranges-{arch}.md")
-    click.echo(f"wrote {out / f'int8_ranges-{arch}.md'}")
+    write_reports(results, out, f"int8_ranges-{arch}", write_markdown)
 
 
 if __name__ == "__main__":

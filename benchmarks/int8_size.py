@@ -13,7 +13,6 @@ Writes benchmarks/reports/int8_size-<arch>.{json,md}; a few minutes on 2 cores.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -21,7 +20,13 @@ import numpy as np
 from tensorflow.lite.tools import flatbuffer_utils
 from tqdm import tqdm
 
-from benchmarks.int8_study import REPORTS, study_inputs, tflite_probabilities
+from benchmarks.int8_study import (
+    model_label,
+    study_inputs,
+    study_options,
+    tflite_probabilities,
+    write_reports,
+)
 from benchmarks.metrics import agreement
 from convert.tflite import float32_weight_bytes
 from convert.verify import targets_for
@@ -105,10 +110,7 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 @click.command(help=__doc__)
-@click.option("--arch", default="efficientnet-lite0", show_default=True)
-@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REPORTS,
-              show_default=True, help="Folder for int8_size-<arch>.json and .md.")
+@study_options("int8_size")
 def main(arch: str, busi_dir: str | None, out: Path) -> None:
     source, model, data, keras_probs = study_inputs(arch, busi_dir)
     shipped = resolve_model(f"{arch}/int8").path.read_bytes()
@@ -142,13 +144,10 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
         candidate = with_per_tensor_weights(shipped, {c["op"] for c in chosen})
     rows = [measured("shipped int8 (per-channel weights)", shipped),
             measured(f"{len(chosen)} layers per-tensor (chosen on validation)", candidate)]
-    results = {"model": f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})",
+    results = {"model": model_label(arch, source),
                "size_target": size_target, "target_bytes": target_bytes, "rows": rows,
                "chosen": chosen, "layers": layers}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"int8_size-{arch}.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, out / f"int8_size-{arch}.md")
-    click.echo(f"wrote {out / f'int8_size-{arch}.md'}")
+    write_reports(results, out, f"int8_size-{arch}", write_markdown)
 
 
 if __name__ == "__main__":

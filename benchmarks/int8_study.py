@@ -25,7 +25,8 @@ import tensorflow as tf
 from tensorflow.lite.python import util as tflite_util
 
 from benchmarks.metrics import agreement
-from convert.tflite import convert_model, float32_weight_bytes, int8_converter
+from convert.int8_choices import DEFAULT_INT8_RANGES
+from convert.tflite import convert_model, float32_weight_bytes, int8_converter, without_names
 from edge_infer.datasets import load_images, resolve_busi_dir, split_files
 from edge_infer.manifest import resolve_model
 
@@ -184,6 +185,43 @@ def _static_int8(qt) -> None:
     qt.load_quantization_recipe(recipe.static_wi8_ai8())
 
 
+def study_options(report: str) -> Callable:
+    """The options every int8 study takes: --arch, --busi-dir and --out (the folder for
+    <report>-<arch>.json and .md)."""
+    options = [
+        click.option("--arch", default="efficientnet-lite0", show_default=True),
+        click.option("--busi-dir", type=click.Path(file_okay=False),
+                     help="BUSI folder (or $BUSI_DIR)."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REPORTS,
+                     show_default=True, help=f"Folder for {report}-<arch>.json and .md."),
+    ]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+def default_note(int8_ranges: str) -> str:
+    """Marks the row made the way `busi-convert` makes its int8 by default."""
+    return " (busi-convert's default)" if int8_ranges == DEFAULT_INT8_RANGES else ""
+
+
+def model_label(arch: str, source) -> str:
+    """How a study's report names the Keras model it started from."""
+    return f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})"
+
+
+def write_reports(results: dict, out: Path, name: str,
+                  write_markdown: Callable[[dict, Path], None]) -> None:
+    """A study's results as out/<name>.json and its table as out/<name>.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(results, out / f"{name}.md")
+    click.echo(f"wrote {out / f'{name}.md'}")
+
+
 def study_inputs(arch: str, busi_dir: str | None) -> tuple:
     """What every int8 study starts from: the shipped Keras model's manifest entry, the model,
     the BUSI validation and test images, and the model's probabilities on them."""
@@ -232,15 +270,13 @@ def write_markdown(results: dict, path: Path) -> None:
 
 
 @click.command(help=__doc__)
-@click.option("--arch", default="efficientnet-lite0", show_default=True)
-@click.option("--busi-dir", type=click.Path(file_okay=False), help="BUSI folder (or $BUSI_DIR).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=REPORTS,
-              show_default=True, help="Folder for int8_study-<arch>.json and .md.")
+@study_options("int8_study")
 def main(arch: str, busi_dir: str | None, out: Path) -> None:
     source, model, data, keras_probs = study_inputs(arch, busi_dir)
     rows = []
 
     def measure(name: str, model_bytes: bytes) -> None:
+        model_bytes = without_names(model_bytes)  # sizes compare like with like (busi-convert's)
         row = {"name": name, "bytes": len(model_bytes)}
         for split, images in data.items():
             row[split] = agreement(keras_probs[split], tflite_probabilities(model_bytes, images))
@@ -249,9 +285,9 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
                    f"max |dp| {row['test']['max_abs_dprob']:.3f}", err=True)
 
     calibration = data["val"]
-    measure("int8, TFLite converter (calibration min / max)",
+    measure(f"int8, TFLite converter (calibration min / max){default_note('minmax')}",
             convert_model(model, "int8", calibration, int8_ranges="minmax"))
-    measure("int8, refined ranges (busi-convert's default)",
+    measure(f"int8, refined ranges{default_note('refined')}",
             convert_model(model, "int8", calibration, int8_ranges="refined"))
     ranking = debugger_ranking(model, calibration)
     for count in FALLBACK_COUNTS:
@@ -276,15 +312,12 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
     measure("int8 (refined ranges) of the grid-snapped, bias-corrected model",
             convert_model(corrected, "int8", calibration, int8_ranges="refined"))
     corrected_ranking = debugger_ranking(corrected, calibration)
-    results = {"model": f"{arch} ({source.info['file']}, sha256 {source.info['sha256'][:12]})",
+    results = {"model": model_label(arch, source),
                "float32_weight_bytes": float32_weight_bytes(model), "rows": rows,
                "debugger_worst": ranking[:5],
                "debugger_worst_after_snapping": corrected_ranking[:5],
                "test_margins": margin_counts(keras_probs["test"])}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"int8_study-{arch}.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(results, out / f"int8_study-{arch}.md")
-    click.echo(f"wrote {out / f'int8_study-{arch}.md'}")
+    write_reports(results, out, f"int8_study-{arch}", write_markdown)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The site table: each trained model x each test set, for Keras and its int8 conversion.
+"""The site table: each trained model x each test set, for Keras and its int8 conversion
+(as `busi-convert` converts by default: refined activation ranges, calibrated on BUSI validation).
 
 Test sets: the BUSI test split, BUS-BRA's test patients and BrEaST-Lesions_USG (another
 hospital, a test set only). Each model and variant is calibrated as the shipped models are
@@ -76,6 +77,7 @@ def model_rows(name: str, run_dir: Path, sets: dict, n_resamples: int) -> dict:
     """Keras and int8 figures of one trained model on every test set."""
     import keras
 
+    from convert.int8_choices import DEFAULT_INT8_RANGES
     from convert.tflite import convert_model
 
     results = json.loads((run_dir / "results.json").read_text())
@@ -83,7 +85,8 @@ def model_rows(name: str, run_dir: Path, sets: dict, n_resamples: int) -> dict:
     val_images, val_labels = _validation(results, sets)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "int8.tflite"
-        path.write_bytes(convert_model(model, "int8", sets["BUSI val"][0]))
+        path.write_bytes(convert_model(model, "int8", sets["BUSI val"][0],
+                                       int8_ranges=DEFAULT_INT8_RANGES))
         int8 = TFLiteModel(path, threads=2)
         predictors = {
             "keras": lambda x: model.predict(x.astype(np.float32), batch_size=32, verbose=0),

@@ -139,8 +139,12 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         # Verify under a temporary name: a variant that misses its target must not replace
         # the file an existing manifest entry vouches for.
         candidate = path.with_name(path.name + ".tmp")
-        candidate.write_bytes(convert_model(model, variant, data["val"][0],
-                                            int8_ranges=int8_ranges))
+        try:
+            converted = convert_model(model, variant, data["val"][0], int8_ranges=int8_ranges)
+        except ValueError as err:  # e.g. refined ranges on a model without an input Rescaling
+            raise click.ClickException(f"{arch} -> {variant}: {err} (--int8-ranges minmax "
+                                       "converts without it)") from None
+        candidate.write_bytes(converted)
         tflite = TFLiteModel(candidate, threads)
         probs = {split: _predict(tflite, data[split][0], f"{variant} {split}") for split in data}
         io_spec = tflite.io_spec()

@@ -1,5 +1,6 @@
-"""The int8 activation-range choices, in a module without TensorFlow so `busi-convert --help`
-stays fast: the converter's calibration min / max, or refined (convert.int8_ranges), shipped."""
+"""The int8 activation-range choices: the converter's calibration min / max, or refined
+(convert.int8_ranges; the default, and how the shipped int8 was made). No TensorFlow import
+here, so `busi-convert --help` stays fast."""
 
 RANGE_NOTES: dict[str, str] = {
     "minmax": "activation ranges: calibration min / max (the converter's default)",
@@ -7,4 +8,4 @@ RANGE_NOTES: dict[str, str] = {
                "(convert.int8_ranges)",
 }
 INT8_RANGES: tuple[str, ...] = tuple(RANGE_NOTES)
-DEFAULT_INT8_RANGES = "refined"
+DEFAULT_INT8_RANGES: str = "refined"

@@ -73,7 +73,8 @@ def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | No
                   int8_ranges: str = DEFAULT_INT8_RANGES) -> bytes:
     """Convert a Keras model; int8 needs calibration images (uint8, N x 224 x 224 x 3).
     feature_map: also output the GAP layer's input (see `with_feature_map`);
-    int8_ranges: one of INT8_RANGES."""
+    int8_ranges: one of INT8_RANGES (refined needs a Rescaling layer on the model's input, as
+    every model `busi-train` builds has; ValueError otherwise)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     if int8_ranges not in INT8_RANGES:

@@ -21,6 +21,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from convert import verify
 from convert.cli import main as convert_main
+from convert.int8_choices import INT8_RANGES
 from convert.tflite import VARIANTS, convert_model, float32_weight_bytes, int8_converter
 from edge_infer.calibration import choose_threshold
 from edge_infer.datasets import SPLIT_FILENAME, load_images, split_files
@@ -169,9 +170,10 @@ def test_int8_is_written_without_names_and_computes_the_same(tiny_model, val_spl
     assert stripped.stat().st_size < named.stat().st_size
     names = [t["name"] for t in TFLiteModel(stripped).interpreter.get_tensor_details()]
     assert names and not any(names)
+    stripped_model, named_model = TFLiteModel(stripped), TFLiteModel(named)
     for image in test_images[:8]:
-        np.testing.assert_array_equal(TFLiteModel(stripped).probabilities(image),
-                                      TFLiteModel(named).probabilities(image))
+        np.testing.assert_array_equal(stripped_model.probabilities(image),
+                                      named_model.probabilities(image))
 
 
 def test_tflite_needs_a_zero_point_per_channel_scale(converted, tmp_path) -> None:
@@ -393,8 +395,18 @@ def test_cli_converts_and_enters_the_variants(passed_run) -> None:
         assert resolve_model(variant, folder / MANIFEST_FILENAME).path == path
 
 
+def _written_is_conversion(folder: Path, model: keras.Model, calibration: np.ndarray,
+                           int8_ranges: str) -> None:
+    """The int8 file busi-convert wrote is, byte for byte, the conversion with these ranges and
+    not the one with the other choice (conversion is deterministic)."""
+    written = (folder / f"{ARCH}-int8.tflite").read_bytes()
+    assert written == convert_model(model, "int8", calibration, int8_ranges=int8_ranges)
+    other = next(choice for choice in INT8_RANGES if choice != int8_ranges)
+    assert written != convert_model(model, "int8", calibration, int8_ranges=other)
+
+
 def test_cli_minmax_int8_ranges_are_used_and_recorded(tiny_model, busi_root, val_split,
-                                                      test_images, tmp_path) -> None:
+                                                      tmp_path) -> None:
     folder = make_models_dir(tmp_path / "models", tiny_model)
     with pytest.MonkeyPatch.context() as patch:
         loosen_size_target(patch)
@@ -402,27 +414,29 @@ def test_cli_minmax_int8_ranges_are_used_and_recorded(tiny_model, busi_root, val
     assert result.exit_code == 0, result.output
     entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/int8"]
     assert "calibration min / max" in entry["calibration"]
-    written = TFLiteModel(folder / entry["file"])
-    minmax = tmp_path / "minmax.tflite"
-    minmax.write_bytes(convert_model(tiny_model, "int8", val_split[0], int8_ranges="minmax"))
-    reference = TFLiteModel(minmax)
-    for image in test_images[:8]:
-        np.testing.assert_array_equal(written.probabilities(image),
-                                      reference.probabilities(image))
+    _written_is_conversion(folder, tiny_model, val_split[0], "minmax")
 
 
-def test_cli_default_int8_ranges_are_refined(passed_run, tiny_model, val_split, test_images,
-                                             tmp_path) -> None:
+def test_cli_default_int8_ranges_are_refined(passed_run, tiny_model, val_split) -> None:
     _, folder, _ = passed_run
     entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/int8"]
     assert "MSE-optimal" in entry["calibration"]
     assert entry["verification"]["targets_missed"] == []
-    refined = tmp_path / "refined.tflite"
-    refined.write_bytes(convert_model(tiny_model, "int8", val_split[0], int8_ranges="refined"))
-    written, reference = TFLiteModel(folder / entry["file"]), TFLiteModel(refined)
-    for image in test_images[:8]:
-        np.testing.assert_array_equal(written.probabilities(image),
-                                      reference.probabilities(image))
+    _written_is_conversion(folder, tiny_model, val_split[0], "refined")
+
+
+def test_cli_refined_ranges_without_input_rescaling_is_a_clear_error(busi_root,
+                                                                      tmp_path) -> None:
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input(INPUT_SHAPE, dtype="float32")
+    x = keras.layers.Conv2D(8, 8, strides=8, activation="relu")(inputs)
+    outputs = keras.layers.Dense(len(CLASS_NAMES), activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(x))
+    folder = make_models_dir(tmp_path / "models", keras.Model(inputs, outputs))
+    result = run_convert(folder, busi_root, "int8")
+    assert result.exit_code == 1
+    assert "needs a Rescaling layer" in result.output and "--int8-ranges minmax" in result.output
+    assert not list(folder.glob("*.tflite*"))  # nothing half-written
 
 
 @pytest.mark.parametrize("variant", ["float32", "int8"])
