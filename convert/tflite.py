@@ -96,6 +96,11 @@ def without_names(model_bytes: bytes) -> bytes:
     49 KB of Lite0's int8 file, which has a size target); the runtime finds its tensors by
     shape, so nothing it reads changes."""
     model = flatbuffer_utils.convert_bytearray_to_object(model_bytes)
+    for buffer in model.buffers:
+        if buffer.offset > 1:  # data stored after the flatbuffer (some tools write that layout)
+            buffer.data = np.frombuffer(model_bytes[buffer.offset:buffer.offset + buffer.size],
+                                        np.uint8)
+            buffer.offset = buffer.size = 0
     flatbuffer_utils.strip_strings(model)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
