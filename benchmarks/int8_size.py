@@ -28,27 +28,26 @@ from benchmarks.int8_study import (
     write_reports,
 )
 from benchmarks.metrics import agreement
+from convert.int8_ranges import BUILTIN, operators
 from convert.tflite import float32_weight_bytes
 from convert.verify import targets_for
 from edge_infer.manifest import resolve_model
 
-BUILTIN = flatbuffer_utils.schema_fb.BuiltinOperator
 WEIGHTED_OPS = {BUILTIN.CONV_2D, BUILTIN.DEPTHWISE_CONV_2D, BUILTIN.FULLY_CONNECTED}
 
 
 def per_channel_layers(model) -> list[dict]:
     """Each convolution / dense op whose weights are quantized per channel: operator index,
     input, weight and bias tensor indices, channel count."""
-    subgraph = model.subgraphs[0]
-    codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
+    tensors = model.subgraphs[0].tensors
     layers = []
-    for index, op in enumerate(subgraph.operators):
-        if codes[op.opcodeIndex] not in WEIGHTED_OPS:
+    for index, (code, inputs, _) in enumerate(operators(model)):
+        if code not in WEIGHTED_OPS:
             continue
-        channels = len(subgraph.tensors[op.inputs[1]].quantization.scale)
+        channels = len(tensors[inputs[1]].quantization.scale)
         if channels > 1:
-            layers.append({"op": index, "input": int(op.inputs[0]), "weights": int(op.inputs[1]),
-                           "bias": int(op.inputs[2]) if len(op.inputs) > 2 else -1,
+            layers.append({"op": index, "input": int(inputs[0]), "weights": int(inputs[1]),
+                           "bias": int(inputs[2]) if len(inputs) > 2 else -1,
                            "channels": channels})
     return layers
 
@@ -89,6 +88,10 @@ def with_per_tensor_weights(model_bytes: bytes, ops: set[int]) -> bytes:
             _set_per_tensor(model, layer["bias"], np.round(bias / bias_scale), bias_scale,
                             np.int32)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _harm_per_byte(layer: dict) -> float:
+    return layer["val_mean_abs_dprob_change"] / layer["saved_bytes"]
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -134,10 +137,7 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
         layer["saved_bytes"] = len(shipped) - len(alone)
         layer["val_mean_abs_dprob_change"] = val_mean(alone) - start
     chosen, candidate = [], shipped
-    def harm_per_byte(layer: dict) -> float:
-        return layer["val_mean_abs_dprob_change"] / layer["saved_bytes"]
-
-    for layer in sorted(layers, key=harm_per_byte):
+    for layer in sorted(layers, key=_harm_per_byte):
         if len(candidate) <= target_bytes:
             break
         chosen.append(layer)

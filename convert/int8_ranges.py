@@ -33,7 +33,7 @@ def quantized(calibrated: bytes) -> bytes:
     return bytes(tflite_util.modify_model_io_type(int8, tf.uint8, tf.uint8))  # ... made uint8
 
 
-def _operators(flat) -> list[tuple[int, list[int], list[int]]]:
+def operators(flat) -> list[tuple[int, list[int], list[int]]]:
     """(builtin operator code, input tensors, output tensors) of each op, in execution order."""
     codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in flat.operatorCodes]
     return [(codes[op.opcodeIndex], list(op.inputs), list(op.outputs))
@@ -46,7 +46,7 @@ def recorded_ranges(model) -> dict[int, tuple[float, float]]:
     MEAN, the global average pooling): it is an output of the shipped two-output model, and
     the single-output check must quantize it the same way."""
     subgraph = model.subgraphs[0]
-    pooling = [inputs[0] for code, inputs, _ in _operators(model) if code == BUILTIN.MEAN]
+    pooling = [inputs[0] for code, inputs, _ in operators(model) if code == BUILTIN.MEAN]
     kept = {*subgraph.inputs, *subgraph.outputs, *pooling[-1:]}
     ranges = {}
     for index, tensor in enumerate(subgraph.tensors):
@@ -132,16 +132,16 @@ def with_exact_input_scaling(calibrated: bytes, model: keras.Model) -> bytes:
     rescaling = _input_rescaling(model)
     scale, offset = float(rescaling.scale), float(rescaling.offset)
     flat = flatbuffer_utils.convert_bytearray_to_object(calibrated)
-    operators = _operators(flat)
+    ops = operators(flat)
     tensors = flat.subgraphs[0].tensors
     source = flat.subgraphs[0].inputs[0]
-    product = next((outputs[0] for code, inputs, outputs in operators
+    product = next((outputs[0] for code, inputs, outputs in ops
                     if code == BUILTIN.MUL and source in inputs), None)
     if product is None:
         return calibrated
     exact = {product: (0.0, 255 * scale)}
     if offset:
-        total = next(outputs[0] for code, inputs, outputs in operators
+        total = next(outputs[0] for code, inputs, outputs in ops
                      if code == BUILTIN.ADD and product in inputs)
         exact[total] = (offset, 255 * scale + offset)
     for index, (low, high) in exact.items():
