@@ -36,7 +36,7 @@ from convert.int8_ranges import (
     with_exact_input_scaling,
     with_mse_ranges,
 )
-from convert.tflite import calibrated_model, without_names
+from convert.tflite import calibrated_model, compacted
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -68,7 +68,7 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
                 f"MSE-optimal, exact input scaling{default_note('refined')}":
                     with_exact_input_scaling(tuned, model)}
     for name, ranges in variants.items():
-        blob = without_names(quantized(ranges))  # as busi-convert writes it
+        blob = compacted(quantized(ranges))  # as busi-convert writes it
         rows.append({"name": name, "bytes": len(blob),
                      **{split: agreement(keras_probs[split], tflite_probabilities(blob, images))
                         for split, images in data.items()}})

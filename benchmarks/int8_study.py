@@ -26,7 +26,7 @@ from tensorflow.lite.python import util as tflite_util
 
 from benchmarks.metrics import agreement
 from convert.int8_choices import DEFAULT_INT8_RANGES
-from convert.tflite import convert_model, float32_weight_bytes, int8_converter, without_names
+from convert.tflite import compacted, convert_model, float32_weight_bytes, int8_converter
 from edge_infer.datasets import load_images, resolve_busi_dir, split_files
 from edge_infer.manifest import resolve_model
 
@@ -276,7 +276,7 @@ def main(arch: str, busi_dir: str | None, out: Path) -> None:
     rows = []
 
     def measure(name: str, model_bytes: bytes) -> None:
-        model_bytes = without_names(model_bytes)  # sizes compare like with like (busi-convert's)
+        model_bytes = compacted(model_bytes)  # sizes compare like with like (busi-convert's)
         row = {"name": name, "bytes": len(model_bytes)}
         for split, images in data.items():
             row[split] = agreement(keras_probs[split], tflite_probabilities(model_bytes, images))

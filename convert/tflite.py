@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 
+import flatbuffers
 import keras
 import numpy as np
 import tensorflow as tf
@@ -22,6 +23,7 @@ from convert.int8_choices import DEFAULT_INT8_RANGES, INT8_RANGES
 from convert.int8_ranges import quantized, with_exact_input_scaling, with_mse_ranges
 
 VARIANTS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
+TFLITE_FILE_IDENTIFIER = b"TFL3"  # the schema's file_identifier
 
 
 def _representative(images: np.ndarray):
@@ -80,7 +82,7 @@ def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | No
     if int8_ranges not in INT8_RANGES:
         raise ValueError(f"unknown int8 ranges {int8_ranges!r}; choose from {INT8_RANGES}")
     if variant == "int8":
-        return without_names(_int8(model, calibration, feature_map, int8_ranges))
+        return compacted(_int8(model, calibration, feature_map, int8_ranges))
     converter = tf.lite.TFLiteConverter.from_keras_model(
         with_feature_map(model) if feature_map else model)
     if variant != "float32":
@@ -91,10 +93,28 @@ def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | No
         return converter.convert()
 
 
-def without_names(model_bytes: bytes) -> bytes:
-    """The model without its debug strings (tensor and subgraph names, description, signature:
-    49 KB of Lite0's int8 file, which has a size target); the runtime finds its tensors by
-    shape, so nothing it reads changes."""
+class _ZeroPointSharingBuilder(flatbuffers.Builder):
+    """A flatbuffer builder that writes each distinct int64 vector once: a per-channel int8
+    model's zero points are all zero, and tensors with as many channels can point to one
+    vector (flatbuffers allow shared references; TFLite reads each tensor's as before)."""
+
+    def __init__(self, initial_size: int):
+        super().__init__(initial_size)
+        self._int64_vectors: dict[bytes, int] = {}
+
+    def CreateNumpyVector(self, x: np.ndarray) -> int:  # noqa: N802 (flatbuffers' API name)
+        if x.dtype != np.int64:
+            return super().CreateNumpyVector(x)
+        key = x.tobytes()
+        if key not in self._int64_vectors:
+            self._int64_vectors[key] = super().CreateNumpyVector(x)
+        return self._int64_vectors[key]
+
+
+def compacted(model_bytes: bytes) -> bytes:
+    """The same model in fewer bytes, for the int8 size target: without debug strings (tensor
+    and subgraph names, description, signature: 49 KB of Lite0's int8; the runtime finds its
+    tensors by shape) and with identical zero-point vectors stored once (all zeros: 300 KB)."""
     model = flatbuffer_utils.convert_bytearray_to_object(model_bytes)
     for buffer in model.buffers:
         if buffer.offset > 1:  # data stored after the flatbuffer (some tools write that layout)
@@ -102,7 +122,9 @@ def without_names(model_bytes: bytes) -> bytes:
                                         np.uint8)
             buffer.offset = buffer.size = 0
     flatbuffer_utils.strip_strings(model)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    builder = _ZeroPointSharingBuilder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
+    return bytes(builder.Output())
 
 
 def float32_weight_bytes(model: keras.Model) -> int:

@@ -22,7 +22,13 @@ from tensorflow.lite.tools import flatbuffer_utils
 from convert import verify
 from convert.cli import main as convert_main
 from convert.int8_choices import INT8_RANGES
-from convert.tflite import VARIANTS, convert_model, float32_weight_bytes, int8_converter
+from convert.tflite import (
+    VARIANTS,
+    compacted,
+    convert_model,
+    float32_weight_bytes,
+    int8_converter,
+)
 from edge_infer.calibration import choose_threshold
 from edge_infer.datasets import SPLIT_FILENAME, load_images, split_files
 from edge_infer.datasets import models_dir as shipped_models_dir
@@ -162,23 +168,56 @@ def test_file_sizes_follow_the_variant(converted, tiny_model) -> None:
     assert size["float32"] >= 4 * TINY_PARAMS
 
 
-def test_int8_is_written_without_names_and_computes_the_same(tiny_model, val_split, test_images,
-                                                             tmp_path) -> None:
-    named, stripped = tmp_path / "named.tflite", tmp_path / "stripped.tflite"
-    named.write_bytes(int8_converter(tiny_model, val_split[0]).convert())
+def _zero_point_vectors(model_bytes: bytes) -> list[np.ndarray]:
+    model = flatbuffer_utils.convert_bytearray_to_object(model_bytes)
+    return [t.quantization.zeroPoint for t in model.subgraphs[0].tensors
+            if t.quantization is not None and t.quantization.zeroPoint is not None]
+
+
+def test_int8_is_written_compacted_and_computes_the_same(tiny_model, val_split, test_images,
+                                                         tmp_path) -> None:
+    named = int8_converter(tiny_model, val_split[0]).convert()
+    model = flatbuffer_utils.convert_bytearray_to_object(named)
+    flatbuffer_utils.strip_strings(model)
+    names_stripped = flatbuffer_utils.convert_object_to_bytearray(model)
+    stripped = tmp_path / "stripped.tflite"
     stripped.write_bytes(convert_model(tiny_model, "int8", val_split[0], int8_ranges="minmax"))
-    assert stripped.stat().st_size < named.stat().st_size
+    zero_points = _zero_point_vectors(named)
+    repeated_bytes = (sum(z.nbytes for z in zero_points)
+                      - sum(len(key) for key in {z.tobytes() for z in zero_points}))
+    assert repeated_bytes >= 8 * 128  # the conv's kernel and bias have 128 zeros each
+    assert len(names_stripped) - stripped.stat().st_size >= repeated_bytes
     names = [t["name"] for t in TFLiteModel(stripped).interpreter.get_tensor_details()]
     assert names and not any(names)
-    stripped_model, named_model = TFLiteModel(stripped), TFLiteModel(named)
+    named_path = tmp_path / "named.tflite"
+    named_path.write_bytes(named)
+    stripped_model, named_model = TFLiteModel(stripped), TFLiteModel(named_path)
     for image in test_images[:8]:
-        np.testing.assert_array_equal(stripped_model.probabilities(image),
-                                      named_model.probabilities(image))
+        compact, full = stripped_model.run(image), named_model.run(image)
+        np.testing.assert_array_equal(compact.probs, full.probs)
+        np.testing.assert_array_equal(compact.feature_map, full.feature_map)
+
+
+def test_compacting_keeps_every_tensor_quantization(tiny_model, val_split, converted) -> None:
+    """Shared zero-point vectors read back as each tensor's own, equal to the original's."""
+    named = int8_converter(tiny_model, val_split[0]).convert()
+    original = flatbuffer_utils.convert_bytearray_to_object(named)
+    rewritten = flatbuffer_utils.convert_bytearray_to_object(compacted(named))
+    for before, after in zip(original.subgraphs[0].tensors, rewritten.subgraphs[0].tensors,
+                             strict=True):
+        assert (before.quantization is None) == (after.quantization is None)
+        if before.quantization is not None:
+            for field in ("scale", "zeroPoint", "min", "max"):
+                np.testing.assert_array_equal(getattr(before.quantization, field),
+                                              getattr(after.quantization, field))
+            assert before.quantization.quantizedDimension == after.quantization.quantizedDimension
+    written = converted["int8"].read_bytes()
+    assert compacted(written) == written  # busi-convert writes it compacted already
 
 
 def test_tflite_needs_a_zero_point_per_channel_scale(converted, tmp_path) -> None:
-    """Why the int8 file cannot drop its (all-zero) int64 per-channel zero points to meet the
-    size target (README, Conversion)."""
+    """Why the int8 file shares its (all-zero) int64 per-channel zero-point vectors instead of
+    dropping them (README, Conversion)."""
     model = flatbuffer_utils.read_model(str(converted["int8"]))
     per_channel = [t.quantization for t in model.subgraphs[0].tensors
                    if t.quantization is not None and t.quantization.zeroPoint is not None
