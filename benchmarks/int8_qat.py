@@ -175,12 +175,15 @@ class QuantSimulation:
             probs = tf.quantization.fake_quant_with_min_max_vars(probs, 0.0, 255 / 256)
         return probs
 
+    def int8_kernel(self, name: str, depthwise: bool) -> tf.Tensor:
+        """The kernel as the int8 model holds it: rounded to the nearest int8 step."""
+        return _fake_quant_weights(self.kernels[name], depthwise)
+
     def _conv(self, conv: keras.layers.Layer, tensor: tf.Tensor, mode: str,
               output: Callable[[str, tf.Tensor], tf.Tensor]) -> tf.Tensor:
         depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
-        kernel = self.kernels[conv.name]
-        if mode == "int8":
-            kernel = _fake_quant_weights(kernel, depthwise)
+        kernel = self.int8_kernel(conv.name, depthwise) if mode == "int8" else (
+            self.kernels[conv.name])
         stride, padding = conv.strides[0], conv.padding.upper()
         if depthwise:
             result = tf.nn.depthwise_conv2d(tensor, kernel, [1, stride, stride, 1], padding)
