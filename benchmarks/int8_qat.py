@@ -265,6 +265,17 @@ def _flipped(keras_probs: np.ndarray, probs: np.ndarray) -> list[dict]:
             for i in np.nonzero(argmax_indices(keras_probs) != argmax_indices(probs))[0]]
 
 
+def flipped_text(flipped: list[dict]) -> str:
+    """The Keras top-2 margins of the flipped test images, for a report's table cell."""
+    return ", ".join(f"{f['keras_margin']:.3f}" for f in flipped)
+
+
+def margins_text(margins: dict[str, int]) -> str:
+    """`margin_counts` as a sentence fragment: "1 below 0.003906, 4 below 0.02, ..."."""
+    return ", ".join(f"{count} below {limit.removeprefix('below_')}"
+                     for limit, count in margins.items())
+
+
 def write_markdown(results: dict, path: Path) -> None:
     lines = [f"# Quantization-aware distillation: {results['model']}", "",
              f"Distilled on {results['distillation_images']} augmented training images "
@@ -282,17 +293,16 @@ def write_markdown(results: dict, path: Path) -> None:
     lines.append(f"| int8 of the source model (calibration min / max) | — | — | "
                  f"{source['val']['agreement']:.3f} | {source['test']['agreement']:.3f} | "
                  f"{source['test']['mean_abs_dprob']:.4f} | "
-                 + ", ".join(f"{f['keras_margin']:.3f}" for f in source["test_flipped"]) + " |")
+                 + flipped_text(source["test_flipped"]) + " |")
     for row in results["epochs"]:
-        flipped = ", ".join(f"{f['keras_margin']:.3f}" for f in row["test_flipped"])
+        flipped = flipped_text(row["test_flipped"])
         loss = "—" if np.isnan(row["train_loss"]) else f"{row['train_loss']:.4f}"
         lines.append(f"| {row['epoch']} | {loss} | "
                      f"{row['simulated_test']['mean_abs_dprob']:.4f} "
                      f"({row['simulated_vs_tflite_test']['mean_abs_dprob']:.4f}) | "
                      f"{row['val']['agreement']:.3f} | {row['test']['agreement']:.3f} | "
                      f"{row['test']['mean_abs_dprob']:.4f} | {flipped} |")
-    margins = ", ".join(f"{count} below {limit.removeprefix('below_')}"
-                        for limit, count in results["test_margins"].items())
+    margins = margins_text(results["test_margins"])
     lines += ["", "Epoch 0 is the source model before distillation, written with its BatchNorms "
               "folded (float probabilities within 2e-6 of the original), which the converter "
               f"rounds differently. Test images the Keras model barely decides: {margins}.", ""]

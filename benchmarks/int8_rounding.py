@@ -24,7 +24,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.int8_qat import BATCH_SIZE, QuantSimulation, _centred, _flipped
+from benchmarks.int8_qat import (
+    BATCH_SIZE,
+    QuantSimulation,
+    _centred,
+    _flipped,
+    flipped_text,
+    margins_text,
+)
 from benchmarks.int8_study import (
     margin_counts,
     model_label,
@@ -163,7 +170,7 @@ def write_markdown(results: dict, path: Path) -> None:
              "| test max abs Δp | test images flipped (Keras top-2 margin) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in [results["source_int8"], *results["epochs"]]:
-        flipped = ", ".join(f"{f['keras_margin']:.3f}" for f in row["test_flipped"])
+        flipped = flipped_text(row["test_flipped"])
         error = "—" if np.isnan(row["train_error"]) else f"{row['train_error']:.4f}"
         lines.append(f"| {row['epoch']} | {error} | {row['undecided']} | "
                      f"{row['selection']['agreement']:.4f} | "
@@ -171,8 +178,7 @@ def write_markdown(results: dict, path: Path) -> None:
                      f"{row['val']['agreement']:.3f} | {row['test']['agreement']:.3f} | "
                      f"{row['test']['mean_abs_dprob']:.4f} | {row['test']['max_abs_dprob']:.3f} | "
                      f"{flipped} |")
-    margins = ", ".join(f"{count} below {limit.removeprefix('below_')}"
-                        for limit, count in results["test_margins"].items())
+    margins = margins_text(results["test_margins"])
     lines += ["", "Row 'source' is busi-convert's int8 of the shipped model; epoch 0 is nearest "
               "rounding written with BatchNorms folded (what the learned rounding starts from). "
               f"Test images the Keras model barely decides: {margins}.", ""]
