@@ -52,10 +52,10 @@ def _backbone(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def _fake_quant_weights(kernel: tf.Tensor, depthwise: bool) -> tf.Tensor:
+def fake_quant_weights(kernel: tf.Tensor, depthwise: bool) -> tf.Tensor:
     """TFLite's per-channel symmetric int8 weights: scale max|w| / 127 per output channel."""
     if depthwise:  # (kh, kw, channels, 1): the channel axis is 2
-        return _fake_quant_weights(kernel[..., 0], False)[..., None]
+        return fake_quant_weights(kernel[..., 0], False)[..., None]
     bound = tf.reduce_max(tf.abs(kernel), axis=tf.range(tf.rank(kernel) - 1))
     return tf.quantization.fake_quant_with_min_max_vars_per_channel(
         kernel, -bound, bound, num_bits=8, narrow_range=True)
@@ -165,7 +165,7 @@ class QuantSimulation:
         pooled = output("avg_pool", tf.reduce_mean(features, axis=[1, 2]))
         kernel = self.dense_kernel
         if mode == "int8":
-            kernel = _fake_quant_weights(kernel, False)
+            kernel = fake_quant_weights(kernel, False)
         return output("logits", pooled @ kernel + self.dense_bias), ranges
 
     def probabilities(self, images: tf.Tensor, mode: str = "float") -> tf.Tensor:
@@ -177,13 +177,15 @@ class QuantSimulation:
 
     def int8_kernel(self, name: str, depthwise: bool) -> tf.Tensor:
         """The kernel as the int8 model holds it: rounded to the nearest int8 step."""
-        return _fake_quant_weights(self.kernels[name], depthwise)
+        return fake_quant_weights(self.kernels[name], depthwise)
 
     def _conv(self, conv: keras.layers.Layer, tensor: tf.Tensor, mode: str,
               output: Callable[[str, tf.Tensor], tf.Tensor]) -> tf.Tensor:
         depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
-        kernel = self.int8_kernel(conv.name, depthwise) if mode == "int8" else (
-            self.kernels[conv.name])
+        if mode == "int8":
+            kernel = self.int8_kernel(conv.name, depthwise)
+        else:
+            kernel = self.kernels[conv.name]
         stride, padding = conv.strides[0], conv.padding.upper()
         if depthwise:
             result = tf.nn.depthwise_conv2d(tensor, kernel, [1, stride, stride, 1], padding)
@@ -231,7 +233,7 @@ class QuantSimulation:
         model.layers[-1].bias.assign(self.dense_bias)
 
 
-def _centred(logits: tf.Tensor) -> tf.Tensor:
+def centred(logits: tf.Tensor) -> tf.Tensor:
     return logits - tf.reduce_mean(logits, axis=1, keepdims=True)
 
 
@@ -243,9 +245,9 @@ def distillation_step(student: QuantSimulation, teacher: QuantSimulation,
 
     @tf.function
     def step(images: tf.Tensor) -> tf.Tensor:
-        target = _centred(teacher.logits(images)[0])
+        target = centred(teacher.logits(images)[0])
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(_centred(student.logits(images, "int8")[0]) - target))
+            loss = tf.reduce_mean(tf.square(centred(student.logits(images, "int8")[0]) - target))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
     return step
@@ -258,7 +260,7 @@ def _distillation_images(busi_root: Path) -> np.ndarray:
     return np.concatenate([busi, bus_bra])
 
 
-def _flipped(keras_probs: np.ndarray, probs: np.ndarray) -> list[dict]:
+def flipped_images(keras_probs: np.ndarray, probs: np.ndarray) -> list[dict]:
     """Test images whose top-1 differs from Keras, with Keras's own top-2 margin."""
     top2 = np.sort(keras_probs, axis=1)[:, -2:]
     return [{"index": int(i), "keras_margin": float(top2[i, 1] - top2[i, 0])}
@@ -340,12 +342,12 @@ def main(arch: str, epochs: int, learning_rate: float, busi_dir: str | None,
                      "simulated_test": agreement(keras_probs["test"], simulated),
                      "simulated_vs_tflite_test": agreement(probs["test"], simulated),
                      **{split: agreement(keras_probs[split], probs[split]) for split in data},
-                     "test_flipped": _flipped(keras_probs["test"], probs["test"])})
+                     "test_flipped": flipped_images(keras_probs["test"], probs["test"])})
         click.echo(f"epoch {epoch}: loss {loss:.4f}, TFLite int8 test agreement "
                    f"{rows[-1]['test']['agreement']:.3f}", err=True)
     results = {"model": model_label(arch, source),
                "learning_rate": learning_rate, "distillation_images": len(train_images),
-               "source_int8": source_row | {"test_flipped": _flipped(
+               "source_int8": source_row | {"test_flipped": flipped_images(
                    keras_probs["test"], tflite_probabilities(baseline, data["test"]))},
                "epochs": rows, "test_margins": margin_counts(keras_probs["test"])}
     write_reports(results, out, f"int8_qat-{arch}", write_markdown)

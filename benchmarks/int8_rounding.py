@@ -6,12 +6,14 @@ int8 network of `benchmarks.int8_qat` (BN-folded weights, per-channel int8 kerne
 activations) holds each kernel as step * (floor(w / step) + h), h a rectified sigmoid in [0, 1]
 per weight, and h is trained so the simulated logits reproduce the float model's on augmented
 BUSI + BUS-BRA *training* images (no labels), with AdaRound's regulariser pushing every h to
-0 or 1. Each channel's largest weight keeps its nearest rounding, so the int8 step the converter
-derives from the rounded kernel is the same step. After every epoch the hard-rounded weights go
-through `busi-convert`'s int8 conversion (its default ranges, on the validation images) and are
-compared with the original Keras model on the selection images (every non-test image: BUSI
-train + validation, BUS-BRA train + validation) and on the BUSI test split.
-Writes benchmarks/reports/int8_rounding-<arch>.{json,md}; ~4 minutes an epoch on 2 cores.
+0 or 1 (the dense head keeps nearest rounding). Weights whose nearest level is +-127, among them
+each channel's largest, keep that level, so the int8 step the converter derives from the rounded
+kernel is the same step. After every epoch the hard-rounded weights go through `busi-convert`'s
+int8 conversion (its default ranges, on the validation images) and are compared with the
+original Keras model on every non-test image, in two parts: held out (BUSI + BUS-BRA
+validation, which neither the Keras model nor the rounding saw) and trained on (BUSI + BUS-BRA
+train), and on the BUSI test split.
+Writes benchmarks/reports/int8_rounding-<arch>.{json,md}; ~10 minutes for 4 epochs on 2 cores.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import tensorflow as tf
 from benchmarks.int8_qat import (
     BATCH_SIZE,
     QuantSimulation,
-    _centred,
-    _flipped,
+    centred,
+    flipped_images,
     flipped_text,
     margins_text,
 )
@@ -50,6 +52,8 @@ from edge_infer.datasets import (
     resolve_busi_dir,
     split_files,
 )
+from edge_infer.decision import argmax_indices
+from edge_infer.rates import bootstrap_interval
 from train.data import dataset
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's rectified sigmoid stretch
@@ -66,33 +70,35 @@ class LearnedRounding(QuantSimulation):
 
     def __init__(self, model: keras.Model):
         super().__init__(model)
-        self.steps, self.base_levels, self.rounding, self.free = {}, {}, {}, {}
+        self.steps: dict[str, tf.Tensor] = {}
+        self.base_levels: dict[str, tf.Tensor] = {}
+        self.free: dict[str, tf.Tensor] = {}
+        self.rounding: dict[str, tf.Variable] = {}
+        self.free_count = 0.0
         for name, variable in self.kernels.items():
             kernel = variable.numpy().astype(np.float64)
             depthwise = isinstance(self.backbone.get_layer(name), keras.layers.DepthwiseConv2D)
             channel_axis = 2 if depthwise else 3
             step = np.abs(kernel).max(axis=tuple(a for a in range(4) if a != channel_axis),
                                       keepdims=True) / 127
-            step[step == 0] = 1.0
-            scaled = kernel / step
-            rest = scaled - np.floor(scaled)
-            # the channel's largest weight keeps its nearest rounding (the step depends on it)
-            free = np.abs(np.round(scaled)) < 127
-            self.steps[name] = tf.constant(step, tf.float32)
-            self.base_levels[name] = tf.constant(np.where(free, np.floor(scaled), np.round(scaled)),
-                                            tf.float32)
+            scaled = kernel / np.where(step == 0, 1.0, step)
+            # weights at level +-127 (each channel's largest among them: the step depends on
+            # it) and all-zero channels keep their nearest level
+            free = (np.abs(np.round(scaled)) < 127) & (step != 0)
+            self.steps[name] = tf.constant(np.where(step == 0, 1.0, step), tf.float32)
+            self.base_levels[name] = tf.constant(
+                np.where(free, np.floor(scaled), np.round(scaled)), tf.float32)
             self.free[name] = tf.constant(free, tf.float32)
-            share = np.clip((rest - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
+            self.free_count += float(free.sum())
+            share = np.clip((scaled - np.floor(scaled) - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
             self.rounding[name] = tf.Variable(np.log(share / (1 - share)).astype(np.float32),
                                               name=f"{name}_rounding")
-        self.free_count = float(sum(free.sum() for free in
-                                    (np.asarray(f) for f in self.free.values())))
 
     def trainable_variables(self) -> list[tf.Variable]:
         return list(self.rounding.values())
 
     def _up(self, name: str) -> tf.Tensor:
-        """h of the free weights; 0 for each channel's largest, whose level is fixed."""
+        """h of the free weights; 0 for the weights whose level is fixed."""
         return self.free[name] * _rectified_sigmoid(self.rounding[name])
 
     def int8_kernel(self, name: str, depthwise: bool) -> tf.Tensor:
@@ -129,9 +135,9 @@ def rounding_step(student: LearnedRounding, teacher: QuantSimulation,
 
     @tf.function
     def step(images: tf.Tensor, beta: tf.Tensor, on: tf.Tensor) -> tf.Tensor:
-        target = _centred(teacher.logits(images)[0])
+        target = centred(teacher.logits(images)[0])
         with tf.GradientTape() as tape:
-            error = tf.reduce_mean(tf.square(_centred(student.logits(images, "int8")[0])
+            error = tf.reduce_mean(tf.square(centred(student.logits(images, "int8")[0])
                                              - target))
             loss = error + on * weight * student.regulariser(beta)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
@@ -145,43 +151,56 @@ def _beta(progress: float) -> float:
     return BETA_END + (BETA_START - BETA_END) * (1 - after)
 
 
-def _selection_images(busi_root: Path) -> dict[str, np.ndarray]:
-    """The non-test images: the training images distilled on, and every validation image."""
+def _non_test_images(busi_root: Path, busi_val: np.ndarray) -> dict[str, np.ndarray]:
+    """Every non-test image, in two parts: held_out (BUSI + BUS-BRA validation) and
+    trained_on (BUSI + BUS-BRA train, the images the rounding is learned on)."""
     bus_bra = resolve_bus_bra_dir(None)
     return {
-        "busi_train": load_images(split_files("train"), busi_root, desc="BUSI train")[0],
-        "bus_bra_train": load_images(bus_bra_split_files("train"), bus_bra,
-                                     desc="BUS-BRA train")[0],
-        "bus_bra_val": load_images(bus_bra_split_files("val"), bus_bra, desc="BUS-BRA val")[0],
+        "held_out": np.concatenate([busi_val, load_images(
+            bus_bra_split_files("val"), bus_bra, desc="BUS-BRA val")[0]]),
+        "trained_on": np.concatenate([
+            load_images(split_files("train"), busi_root, desc="BUSI train")[0],
+            load_images(bus_bra_split_files("train"), bus_bra, desc="BUS-BRA train")[0]]),
     }
 
 
+def agreement_interval(keras_probs: np.ndarray, probs: np.ndarray) -> list[float]:
+    """95 % percentile-bootstrap interval of the top-1 agreement (edge_infer.rates)."""
+    same = argmax_indices(keras_probs) == argmax_indices(probs)
+    return list(bootstrap_interval(lambda indices: float(same[indices].mean()), len(same)))
+
+
 def write_markdown(results: dict, path: Path) -> None:
+    counts = results["non_test_images"]
     lines = [f"# Learned weight rounding (AdaRound-style): {results['model']}", "",
-             f"Rounding learned on {results['distillation_images']} augmented training images "
+             f"Rounding learned on the {counts['trained_on']} trained-on images, augmented "
              f"(BUSI + BUS-BRA train, no labels), Adam {results['learning_rate']:g}, batch "
-             f"{BATCH_SIZE}, regulariser weight {results['regulariser_weight']:g}. Each row: the "
-             f"hard-rounded weights after that epoch through busi-convert's int8 "
-             f"({results['int8_ranges']} ranges), against the ORIGINAL Keras model. Selection "
-             f"images: the {results['selection_images']} non-test images (BUSI train + val, "
-             "BUS-BRA train + val).", "",
-             "| epoch | train error (simulated) | weights undecided | selection agreement "
-             "| selection mean abs Δp | val agreement | test agreement | test mean abs Δp "
+             f"{BATCH_SIZE}, {results['epochs_trained']} epochs, regulariser weight "
+             f"{results['regulariser_weight']:g}. Each row: the hard-rounded weights after that "
+             f"epoch through busi-convert's int8 ({results['int8_ranges']} ranges), against the "
+             f"ORIGINAL Keras model. Held out: the {counts['held_out']} BUSI + BUS-BRA "
+             f"validation images; non-test: those and the {counts['trained_on']} trained-on "
+             "images (the Keras model was trained on them too).", "",
+             "| epoch | train error (simulated) | weights undecided | held-out agreement "
+             "| non-test agreement | non-test mean abs Δp | test agreement | test mean abs Δp "
              "| test max abs Δp | test images flipped (Keras top-2 margin) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in [results["source_int8"], *results["epochs"]]:
-        flipped = flipped_text(row["test_flipped"])
         error = "—" if np.isnan(row["train_error"]) else f"{row['train_error']:.4f}"
         lines.append(f"| {row['epoch']} | {error} | {row['undecided']} | "
-                     f"{row['selection']['agreement']:.4f} | "
-                     f"{row['selection']['mean_abs_dprob']:.4f} | "
-                     f"{row['val']['agreement']:.3f} | {row['test']['agreement']:.3f} | "
-                     f"{row['test']['mean_abs_dprob']:.4f} | {row['test']['max_abs_dprob']:.3f} | "
-                     f"{flipped} |")
-    margins = margins_text(results["test_margins"])
-    lines += ["", "Row 'source' is busi-convert's int8 of the shipped model; epoch 0 is nearest "
-              "rounding written with BatchNorms folded (what the learned rounding starts from). "
-              f"Test images the Keras model barely decides: {margins}.", ""]
+                     f"{row['held_out']['agreement']:.4f} | "
+                     f"{row['non_test']['agreement']:.4f} | "
+                     f"{row['non_test']['mean_abs_dprob']:.4f} | "
+                     f"{row['test']['agreement']:.3f} | {row['test']['mean_abs_dprob']:.4f} | "
+                     f"{row['test']['max_abs_dprob']:.3f} | {flipped_text(row['test_flipped'])} |")
+    source = results["source_int8"]
+    low, high = source["non_test"]["agreement_interval"]
+    held_low, held_high = source["held_out"]["agreement_interval"]
+    lines += ["", "Row 'source' is busi-convert's int8 of the shipped model (95 % bootstrap "
+              f"interval of its agreement: non-test {low:.3f}–{high:.3f}, held out "
+              f"{held_low:.3f}–{held_high:.3f}); epoch 0 is nearest rounding written with "
+              "BatchNorms folded (what the learned rounding starts from). Test images the Keras "
+              f"model barely decides: {margins_text(results['test_margins'])}.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -193,18 +212,22 @@ def write_markdown(results: dict, path: Path) -> None:
 def main(arch: str, epochs: int, learning_rate: float, regulariser_weight: float,
          busi_dir: str | None, out: Path) -> None:
     source, model, data, keras_probs = study_inputs(arch, busi_dir)
-    selection = _selection_images(resolve_busi_dir(busi_dir))
-    selection_images = np.concatenate([data["val"], *selection.values()])
-    keras_selection = model.predict(selection_images.astype(np.float32), verbose=0)
-    train_images = np.concatenate([selection["busi_train"], selection["bus_bra_train"]])
+    parts = _non_test_images(resolve_busi_dir(busi_dir), data["val"])
+    keras_parts = {part: model.predict(images.astype(np.float32), verbose=0)
+                   for part, images in parts.items()}
+    train_images = parts["trained_on"]
 
-    def measured(int8: bytes, epoch, error: float, undecided: str) -> dict:
+    def measured(int8: bytes, epoch: int | str, error: float, undecided: str) -> dict:
         probs = {split: tflite_probabilities(int8, images) for split, images in data.items()}
-        chosen = tflite_probabilities(int8, selection_images)
+        probs |= {part: tflite_probabilities(int8, images) for part, images in parts.items()}
+        keras_all = {**keras_probs, **keras_parts}
+        probs["non_test"] = np.concatenate([probs[part] for part in parts])
+        keras_all["non_test"] = np.concatenate([keras_parts[part] for part in parts])
         return {"epoch": epoch, "train_error": error, "undecided": undecided,
-                "selection": agreement(keras_selection, chosen),
-                **{split: agreement(keras_probs[split], probs[split]) for split in data},
-                "test_flipped": _flipped(keras_probs["test"], probs["test"])}
+                **{name: agreement(keras_all[name], probs[name]) | {
+                    "agreement_interval": agreement_interval(keras_all[name], probs[name])}
+                   for name in probs},
+                "test_flipped": flipped_images(keras_probs["test"], probs["test"])}
 
     source_row = measured(convert_model(model, "int8", data["val"]), "source", float("nan"), "—")
     student, teacher = LearnedRounding(model), QuantSimulation(model)
@@ -228,13 +251,14 @@ def main(arch: str, epochs: int, learning_rate: float, regulariser_weight: float
         copy = keras.models.load_model(source.path)
         student.write_to(copy)
         rows.append(measured(convert_model(copy, "int8", data["val"]), epoch, error, undecided))
-        click.echo(f"epoch {epoch}: error {error:.4f}, undecided {undecided}, selection "
-                   f"agreement {rows[-1]['selection']['agreement']:.4f}, test agreement "
+        click.echo(f"epoch {epoch}: error {error:.4f}, undecided {undecided}, non-test "
+                   f"agreement {rows[-1]['non_test']['agreement']:.4f}, test agreement "
                    f"{rows[-1]['test']['agreement']:.3f}", err=True)
     results = {"model": model_label(arch, source), "learning_rate": learning_rate,
                "regulariser_weight": regulariser_weight, "int8_ranges": DEFAULT_INT8_RANGES,
-               "distillation_images": len(train_images),
-               "selection_images": len(selection_images), "source_int8": source_row,
+               "epochs_trained": epochs,
+               "non_test_images": {part: len(images) for part, images in parts.items()},
+               "source_int8": source_row,
                "epochs": rows, "test_margins": margin_counts(keras_probs["test"])}
     write_reports(results, out, f"int8_rounding-{arch}", write_markdown)
 

@@ -93,16 +93,17 @@ def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | No
         return converter.convert()
 
 
-class _ZeroPointSharingBuilder(flatbuffers.Builder):
-    """A flatbuffer builder that writes each distinct int64 vector once: a per-channel int8
-    model's zero points are all zero, and tensors with as many channels can point to one
-    vector (flatbuffers allow shared references; TFLite reads each tensor's as before)."""
+class _Int64VectorSharingBuilder(flatbuffers.Builder):
+    """A flatbuffer builder that writes each distinct int64 vector once. In a TFLite model
+    those are zero points (per-channel ones all zero: tensors with as many channels can point
+    to one vector; flatbuffers allow shared references, TFLite reads each tensor's as before)
+    and read-only StableHLO options."""
 
-    def __init__(self, initial_size: int):
+    def __init__(self, initial_size: int) -> None:
         super().__init__(initial_size)
         self._int64_vectors: dict[bytes, int] = {}
 
-    def CreateNumpyVector(self, x: np.ndarray) -> int:  # noqa: N802 (flatbuffers' API name)
+    def CreateNumpyVector(self, x: np.ndarray) -> int:  # flatbuffers' method name
         if x.dtype != np.int64:
             return super().CreateNumpyVector(x)
         key = x.tobytes()
@@ -122,7 +123,7 @@ def compacted(model_bytes: bytes) -> bytes:
                                         np.uint8)
             buffer.offset = buffer.size = 0
     flatbuffer_utils.strip_strings(model)
-    builder = _ZeroPointSharingBuilder(1024)
+    builder = _Int64VectorSharingBuilder(1024)
     builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
     return bytes(builder.Output())
 

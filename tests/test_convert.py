@@ -203,8 +203,8 @@ def test_compacting_keeps_every_tensor_quantization(tiny_model, val_split, conve
     named = int8_converter(tiny_model, val_split[0]).convert()
     original = flatbuffer_utils.convert_bytearray_to_object(named)
     rewritten = flatbuffer_utils.convert_bytearray_to_object(compacted(named))
-    for before, after in zip(original.subgraphs[0].tensors, rewritten.subgraphs[0].tensors,
-                             strict=True):
+    assert len(original.subgraphs[0].tensors) == len(rewritten.subgraphs[0].tensors)
+    for before, after in zip(original.subgraphs[0].tensors, rewritten.subgraphs[0].tensors):
         assert (before.quantization is None) == (after.quantization is None)
         if before.quantization is not None:
             for field in ("scale", "zeroPoint", "min", "max"):
@@ -213,6 +213,29 @@ def test_compacting_keeps_every_tensor_quantization(tiny_model, val_split, conve
             assert before.quantization.quantizedDimension == after.quantization.quantizedDimension
     written = converted["int8"].read_bytes()
     assert compacted(written) == written  # busi-convert writes it compacted already
+
+
+def test_the_shipped_int8_computes_as_its_unshared_form(manifest, val_split, test_images,
+                                                        tmp_path) -> None:
+    """The shipped int8 (Lite0: one zero-point vector serves many tensors) against the same
+    model re-packed with a vector per tensor: same bytes saved, bit-identical outputs."""
+    shipped = shipped_models_dir() / manifest["models"][f"{manifest['default_arch']}/int8"]["file"]
+    data = shipped.read_bytes()
+    assert compacted(data) == data
+    unshared = bytes(flatbuffer_utils.convert_object_to_bytearray(
+        flatbuffer_utils.convert_bytearray_to_object(data)))
+    zero_points = _zero_point_vectors(data)
+    repeated_bytes = (sum(z.nbytes for z in zero_points)
+                      - sum(len(key) for key in {z.tobytes() for z in zero_points}))
+    assert repeated_bytes > 250_000  # Lite0's per-channel zero points, all zero
+    assert len(unshared) - len(data) >= repeated_bytes
+    unshared_path = tmp_path / "unshared.tflite"
+    unshared_path.write_bytes(unshared)
+    compact, expanded = TFLiteModel(shipped), TFLiteModel(unshared_path)
+    for image in np.concatenate([val_split[0][::4], test_images]):
+        first, second = compact.run(image), expanded.run(image)
+        np.testing.assert_array_equal(first.probs, second.probs)
+        np.testing.assert_array_equal(first.feature_map, second.feature_map)
 
 
 def test_tflite_needs_a_zero_point_per_channel_scale(converted, tmp_path) -> None:
