@@ -253,7 +253,8 @@ def distillation_step(student: QuantSimulation, teacher: QuantSimulation,
     return step
 
 
-def _distillation_images(busi_root: Path) -> np.ndarray:
+def distillation_images(busi_root: Path) -> np.ndarray:
+    """BUSI + BUS-BRA training images: what the int8 studies train on (never validation)."""
     busi = load_images(split_files("train"), busi_root, desc="BUSI train")[0]
     bus_bra = load_images(bus_bra_split_files("train"), resolve_bus_bra_dir(None),
                           desc="BUS-BRA train")[0]
@@ -318,7 +319,7 @@ def write_markdown(results: dict, path: Path) -> None:
 def main(arch: str, epochs: int, learning_rate: float, busi_dir: str | None,
          out: Path) -> None:
     source, model, data, keras_probs = study_inputs(arch, busi_dir)
-    train_images = _distillation_images(resolve_busi_dir(busi_dir))
+    train_images = distillation_images(resolve_busi_dir(busi_dir))
     baseline = convert_model(model, "int8", data["val"], int8_ranges="minmax")
     source_row = {split: agreement(keras_probs[split], tflite_probabilities(baseline, images))
                   for split, images in data.items()}

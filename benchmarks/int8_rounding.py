@@ -30,6 +30,7 @@ from benchmarks.int8_qat import (
     BATCH_SIZE,
     QuantSimulation,
     centred,
+    distillation_images,
     flipped_images,
     flipped_text,
     margins_text,
@@ -50,7 +51,6 @@ from edge_infer.datasets import (
     load_images,
     resolve_bus_bra_dir,
     resolve_busi_dir,
-    split_files,
 )
 from edge_infer.decision import argmax_indices
 from edge_infer.rates import bootstrap_interval
@@ -158,9 +158,7 @@ def _non_test_images(busi_root: Path, busi_val: np.ndarray) -> dict[str, np.ndar
     return {
         "held_out": np.concatenate([busi_val, load_images(
             bus_bra_split_files("val"), bus_bra, desc="BUS-BRA val")[0]]),
-        "trained_on": np.concatenate([
-            load_images(split_files("train"), busi_root, desc="BUSI train")[0],
-            load_images(bus_bra_split_files("train"), bus_bra, desc="BUS-BRA train")[0]]),
+        "trained_on": distillation_images(busi_root),
     }
 
 
