@@ -26,6 +26,7 @@ from benchmarks.int8_study import (
     _conv_bn_pairs,
     folding_scale,
     margin_counts,
+    margins_text,
     model_label,
     study_inputs,
     study_options,
@@ -42,6 +43,7 @@ from edge_infer.datasets import (
     split_files,
 )
 from edge_infer.decision import argmax_indices
+from edge_infer.rates import bootstrap_interval
 from train.data import dataset
 
 CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
@@ -52,22 +54,29 @@ def _backbone(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def fake_quant_weights(kernel: tf.Tensor, depthwise: bool) -> tf.Tensor:
-    """TFLite's per-channel symmetric int8 weights: scale max|w| / 127 per output channel."""
+def fake_quant_weights(kernel: tf.Tensor, depthwise: bool, bits: int = 8) -> tf.Tensor:
+    """TFLite's per-channel symmetric weights: scale max|w| / 127 per output channel for int8
+    (max|w| / (2^(bits-1) - 1) for other widths)."""
     if depthwise:  # (kh, kw, channels, 1): the channel axis is 2
-        return fake_quant_weights(kernel[..., 0], False)[..., None]
+        return fake_quant_weights(kernel[..., 0], False, bits)[..., None]
     bound = tf.reduce_max(tf.abs(kernel), axis=tf.range(tf.rank(kernel) - 1))
     return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        kernel, -bound, bound, num_bits=8, narrow_range=True)
+        kernel, -bound, bound, num_bits=bits, narrow_range=True)
 
 
-def _activation(function, tensor: tf.Tensor, mode: str) -> tf.Tensor:
+def _on_fixed_grid(probs: tf.Tensor, bits: int) -> tf.Tensor:
+    """A [0, 1) output on TFLite's fixed grid of 1 / 2^bits steps (LOGISTIC, SOFTMAX)."""
+    return tf.quantization.fake_quant_with_min_max_vars(probs, 0.0, 1 - 2.0 ** -bits,
+                                                        num_bits=bits)
+
+
+def _activation(function, tensor: tf.Tensor, bits: int | None) -> tf.Tensor:
     """TFLite runs sigmoid as LOGISTIC, whose int8 output has fixed 1/256 steps, and swish as
-    LOGISTIC then MUL."""
+    LOGISTIC then MUL; bits None runs it in float."""
     if function is keras.activations.sigmoid:
-        return _sigmoid(tensor, mode)
+        return _sigmoid(tensor, bits)
     if function is keras.activations.silu:
-        return tensor * _sigmoid(tensor, mode)
+        return tensor * _sigmoid(tensor, bits)
     return function(tensor)
 
 
@@ -75,18 +84,22 @@ def _ends_in_sigmoid(layer: keras.layers.Layer) -> bool:
     return getattr(layer, "activation", None) is keras.activations.sigmoid
 
 
-def _sigmoid(tensor: tf.Tensor, mode: str) -> tf.Tensor:
+def _sigmoid(tensor: tf.Tensor, bits: int | None) -> tf.Tensor:
     result = tf.sigmoid(tensor)
-    if mode == "int8":
-        result = tf.quantization.fake_quant_with_min_max_vars(result, 0.0, 255 / 256)
-    return result
+    return result if bits is None else _on_fixed_grid(result, bits)
 
 
 class QuantSimulation:
     """A classifier (backbone -> GAP -> Dense) with BN-folded weights as variables, run in
-    float, with simulated int8, or recording each quantized tensor's min / max."""
+    float, with simulated int8, or recording each quantized tensor's min / max.
 
-    def __init__(self, model: keras.Model):
+    The simulated integer model has `weight_bits`-bit weights and `activation_bits`-bit
+    activations (8 and 8: TFLite's int8); None keeps that side in float.
+    """
+
+    def __init__(self, model: keras.Model, weight_bits: int | None = 8,
+                 activation_bits: int | None = 8):
+        self.weight_bits, self.activation_bits = weight_bits, activation_bits
         self.backbone = _backbone(model)
         self.dense = model.layers[-1]
         self.norm_of = {conv.name: norm for conv, norm in _conv_bn_pairs(self.backbone)}
@@ -136,13 +149,15 @@ class QuantSimulation:
         """Logits, and {tensor: (min, max)} when mode is "record"; mode "int8" simulates the
         int8 model with the ranges of the last `calibrate`."""
         ranges = {}
+        bits = self.activation_bits if mode == "int8" else None
 
         def output(name: str, tensor: tf.Tensor) -> tf.Tensor:
             if mode == "record":
                 ranges[name] = (tf.reduce_min(tensor), tf.reduce_max(tensor))
-            if mode == "int8":
+            if bits is not None:
                 tensor = tf.quantization.fake_quant_with_min_max_vars(
-                    tensor, tf.minimum(self.low[name], 0.0), tf.maximum(self.high[name], 0.0))
+                    tensor, tf.minimum(self.low[name], 0.0), tf.maximum(self.high[name], 0.0),
+                    num_bits=bits)
             return tensor
 
         def replacement(layer: keras.layers.Layer):
@@ -151,7 +166,7 @@ class QuantSimulation:
             quantized = layer.name in self.quantized
             if isinstance(layer, keras.layers.Activation):
                 return lambda tensor, **_: output(
-                    layer.name, _activation(layer.activation, tensor, mode))
+                    layer.name, _activation(layer.activation, tensor, bits))
             if isinstance(layer, keras.layers.BatchNormalization):  # folded into its conv
                 return lambda tensor, **_: output(layer.name, tensor) if quantized else tensor
 
@@ -164,20 +179,22 @@ class QuantSimulation:
         features = self.backbone._run_through_graph(images, operation_fn=replacement)
         pooled = output("avg_pool", tf.reduce_mean(features, axis=[1, 2]))
         kernel = self.dense_kernel
-        if mode == "int8":
-            kernel = fake_quant_weights(kernel, False)
+        if mode == "int8" and self.weight_bits is not None:
+            kernel = fake_quant_weights(kernel, False, self.weight_bits)
         return output("logits", pooled @ kernel + self.dense_bias), ranges
 
     def probabilities(self, images: tf.Tensor, mode: str = "float") -> tf.Tensor:
         """Softmax of `logits`; in int8 mode rounded to the uint8 output's 1/256 steps."""
         probs = tf.nn.softmax(self.logits(images, mode)[0])
-        if mode == "int8":
-            probs = tf.quantization.fake_quant_with_min_max_vars(probs, 0.0, 255 / 256)
+        if mode == "int8" and self.activation_bits is not None:
+            probs = _on_fixed_grid(probs, self.activation_bits)
         return probs
 
     def int8_kernel(self, name: str, depthwise: bool) -> tf.Tensor:
         """The kernel as the int8 model holds it: rounded to the nearest int8 step."""
-        return fake_quant_weights(self.kernels[name], depthwise)
+        if self.weight_bits is None:
+            return self.kernels[name]
+        return fake_quant_weights(self.kernels[name], depthwise, self.weight_bits)
 
     def _conv(self, conv: keras.layers.Layer, tensor: tf.Tensor, mode: str,
               output: Callable[[str, tf.Tensor], tf.Tensor]) -> tf.Tensor:
@@ -193,7 +210,8 @@ class QuantSimulation:
             result = tf.nn.conv2d(tensor, kernel, stride, padding)
         result = result + self.biases[conv.name]
         if conv.activation is not keras.activations.linear:
-            result = _activation(conv.activation, output(f"{conv.name}_linear", result), mode)
+            bits = self.activation_bits if mode == "int8" else None
+            result = _activation(conv.activation, output(f"{conv.name}_linear", result), bits)
         if self.norm_of[conv.name] is not None or _ends_in_sigmoid(conv):
             return result
         return output(conv.name, result)
@@ -261,6 +279,24 @@ def distillation_images(busi_root: Path) -> np.ndarray:
     return np.concatenate([busi, bus_bra])
 
 
+def non_test_images(busi_root: Path, busi_val: np.ndarray) -> dict[str, np.ndarray]:
+    """Every non-test image, in two parts: held_out (BUSI + BUS-BRA validation) and
+    trained_on (BUSI + BUS-BRA train: the Keras model's training images, and those the
+    int8 studies learn on)."""
+    bus_bra = resolve_bus_bra_dir(None)
+    return {
+        "held_out": np.concatenate([busi_val, load_images(
+            bus_bra_split_files("val"), bus_bra, desc="BUS-BRA val")[0]]),
+        "trained_on": distillation_images(busi_root),
+    }
+
+
+def agreement_interval(keras_probs: np.ndarray, probs: np.ndarray) -> list[float]:
+    """95 % percentile-bootstrap interval of the top-1 agreement (edge_infer.rates)."""
+    same = argmax_indices(keras_probs) == argmax_indices(probs)
+    return list(bootstrap_interval(lambda indices: float(same[indices].mean()), len(same)))
+
+
 def flipped_images(keras_probs: np.ndarray, probs: np.ndarray) -> list[dict]:
     """Test images whose top-1 differs from Keras, with Keras's own top-2 margin."""
     top2 = np.sort(keras_probs, axis=1)[:, -2:]
@@ -271,12 +307,6 @@ def flipped_images(keras_probs: np.ndarray, probs: np.ndarray) -> list[dict]:
 def flipped_text(flipped: list[dict]) -> str:
     """The Keras top-2 margins of the flipped test images, for a report's table cell."""
     return ", ".join(f"{f['keras_margin']:.3f}" for f in flipped)
-
-
-def margins_text(margins: dict[str, int]) -> str:
-    """`margin_counts` as a sentence fragment: "1 below 0.003906, 4 below 0.02, ..."."""
-    return ", ".join(f"{count} below {limit.removeprefix('below_')}"
-                     for limit, count in margins.items())
 
 
 def write_markdown(results: dict, path: Path) -> None:

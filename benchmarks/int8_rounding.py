@@ -29,14 +29,15 @@ import tensorflow as tf
 from benchmarks.int8_qat import (
     BATCH_SIZE,
     QuantSimulation,
+    agreement_interval,
     centred,
-    distillation_images,
     flipped_images,
     flipped_text,
-    margins_text,
+    non_test_images,
 )
 from benchmarks.int8_study import (
     margin_counts,
+    margins_text,
     model_label,
     study_inputs,
     study_options,
@@ -46,14 +47,7 @@ from benchmarks.int8_study import (
 from benchmarks.metrics import agreement
 from convert.int8_choices import DEFAULT_INT8_RANGES
 from convert.tflite import convert_model
-from edge_infer.datasets import (
-    bus_bra_split_files,
-    load_images,
-    resolve_bus_bra_dir,
-    resolve_busi_dir,
-)
-from edge_infer.decision import argmax_indices
-from edge_infer.rates import bootstrap_interval
+from edge_infer.datasets import resolve_busi_dir
 from train.data import dataset
 
 ZETA, GAMMA = 1.1, -0.1  # AdaRound's rectified sigmoid stretch
@@ -151,23 +145,6 @@ def _beta(progress: float) -> float:
     return BETA_END + (BETA_START - BETA_END) * (1 - after)
 
 
-def _non_test_images(busi_root: Path, busi_val: np.ndarray) -> dict[str, np.ndarray]:
-    """Every non-test image, in two parts: held_out (BUSI + BUS-BRA validation) and
-    trained_on (BUSI + BUS-BRA train, the images the rounding is learned on)."""
-    bus_bra = resolve_bus_bra_dir(None)
-    return {
-        "held_out": np.concatenate([busi_val, load_images(
-            bus_bra_split_files("val"), bus_bra, desc="BUS-BRA val")[0]]),
-        "trained_on": distillation_images(busi_root),
-    }
-
-
-def agreement_interval(keras_probs: np.ndarray, probs: np.ndarray) -> list[float]:
-    """95 % percentile-bootstrap interval of the top-1 agreement (edge_infer.rates)."""
-    same = argmax_indices(keras_probs) == argmax_indices(probs)
-    return list(bootstrap_interval(lambda indices: float(same[indices].mean()), len(same)))
-
-
 def write_markdown(results: dict, path: Path) -> None:
     counts = results["non_test_images"]
     lines = [f"# Learned weight rounding (AdaRound-style): {results['model']}", "",
@@ -210,7 +187,7 @@ def write_markdown(results: dict, path: Path) -> None:
 def main(arch: str, epochs: int, learning_rate: float, regulariser_weight: float,
          busi_dir: str | None, out: Path) -> None:
     source, model, data, keras_probs = study_inputs(arch, busi_dir)
-    parts = _non_test_images(resolve_busi_dir(busi_dir), data["val"])
+    parts = non_test_images(resolve_busi_dir(busi_dir), data["val"])
     keras_parts = {part: model.predict(images.astype(np.float32), verbose=0)
                    for part, images in parts.items()}
     train_images = parts["trained_on"]

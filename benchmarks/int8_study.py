@@ -243,6 +243,12 @@ def margin_counts(keras_probs: np.ndarray) -> dict[str, int]:
             for limit in (1 / 256, 0.02, 0.05, 0.1)}
 
 
+def margins_text(margins: dict[str, int]) -> str:
+    """`margin_counts` as a sentence fragment: "1 below 0.003906, 4 below 0.02, ..."."""
+    return ", ".join(f"{count} below {limit.removeprefix('below_')}"
+                     for limit, count in margins.items())
+
+
 def write_markdown(results: dict, path: Path) -> None:
     lines = [f"# int8 study: {results['model']}", "",
              "Each row: the same Keras model converted one way, compared with Keras on the BUSI "
@@ -262,10 +268,9 @@ def write_markdown(results: dict, path: Path) -> None:
               "pure rounding), worst 5:", ""]
     lines += [f"- {row['rmse_steps']:.2f} {row['op']} `{row['tensor'][:90]}`"
               for row in results["debugger_worst_after_snapping"]]
-    margins = ", ".join(f"{count} below {limit.removeprefix('below_')}"
-                        for limit, count in results["test_margins"].items())
-    lines += ["", f"Test images the Keras model barely decides (top-2 probability margin): "
-              f"{margins} (1/256 = 0.0039 is one step of the int8 model's uint8 output).", ""]
+    lines += ["", "Test images the Keras model barely decides (top-2 probability margin): "
+              f"{margins_text(results['test_margins'])} (1/256 = 0.0039 is one step of the "
+              "int8 model's uint8 output).", ""]
     path.write_text("\n".join(lines))
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from benchmarks.metrics import classification_metrics
-from edge_infer.datasets import SPLIT_FILENAME, load_images, models_dir, split_files
+from edge_infer.datasets import (
+    SPLIT_FILENAME,
+    bus_bra_split_files,
+    load_images,
+    models_dir,
+    split_files,
+)
 from edge_infer.manifest import resolve_model, sha256_of
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING_ID
 from edge_infer.tflite_model import TFLiteModel
@@ -38,6 +44,20 @@ def test_manifest_describes_the_shipped_files(manifest):
         if entry["format"] == "tflite":
             source = manifest["models"][f"{entry['arch']}/keras"]
             assert entry["source_model"]["sha256"] == source["sha256"], key
+
+
+def test_keras_entries_count_the_images_they_were_trained_on(manifest):
+    """BUSI split sizes in `counts`; `trained_on` adds BUS-BRA's when the model learned it."""
+    for key, entry in manifest["models"].items():
+        if entry["format"] != "keras":
+            continue
+        training = entry["training"]
+        assert training["counts"] == {split: len(split_files(split))
+                                      for split in ("train", "val", "test")}, key
+        if training["config"].get("bus_bra"):
+            assert training["trained_on"] == {
+                split: len(split_files(split)) + len(bus_bra_split_files(split))
+                for split in ("train", "val")}, key
 
 
 def test_int8_is_full_integer_with_uint8_io(manifest):

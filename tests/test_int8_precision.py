@@ -1,0 +1,89 @@
+"""benchmarks.int8_precision: the simulated integer network at other bit widths (its numbers:
+benchmarks/reports/int8_precision-<arch>.md)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tiny_models import tiny_classifier, tiny_se_classifier
+
+from benchmarks.int8_precision import measured
+from benchmarks.int8_qat import QuantSimulation, fake_quant_weights
+from benchmarks.int8_study import REPORTS
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 256, (32, 16, 16, 3)).astype(np.uint8)
+
+
+def _probs(simulation: QuantSimulation, images: np.ndarray, mode: str = "int8") -> np.ndarray:
+    return simulation.probabilities(tf.constant(images, tf.float32), mode).numpy()
+
+
+@pytest.mark.parametrize("bits", [4, 8, 10])
+def test_weights_at_b_bits_take_2_to_the_b_minus_1_levels_per_channel(bits: int) -> None:
+    kernel = tf.constant(np.random.default_rng(1).normal(size=(3, 3, 4, 6)), tf.float32)
+    quantized = fake_quant_weights(kernel, depthwise=False, bits=bits).numpy()
+    largest = 2 ** (bits - 1) - 1
+    step = np.abs(kernel.numpy()).max(axis=(0, 1, 2)) / largest
+    levels = quantized / step
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+    np.testing.assert_allclose(np.abs(levels).max(axis=(0, 1, 2)), largest, rtol=1e-5)
+    assert np.abs(quantized - kernel.numpy()).max() <= step.max() / 2 * 1.001
+
+
+@pytest.mark.parametrize("build", [tiny_classifier, tiny_se_classifier])
+def test_float_on_both_sides_is_the_float_network(images, build) -> None:
+    simulation = QuantSimulation(build(), weight_bits=None, activation_bits=None)
+    simulation.calibrate(images)
+    np.testing.assert_allclose(_probs(simulation, images), _probs(simulation, images, "float"),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("build", [tiny_classifier, tiny_se_classifier])
+def test_more_bits_on_either_side_come_closer_to_float(images, build) -> None:
+    """The error shrinks as weights or activations get more bits, each side alone and both."""
+    simulation = QuantSimulation(build())
+    simulation.calibrate(images[:16])
+    held_out = images[16:]
+    reference = _probs(simulation, held_out, "float")
+
+    def error(weight_bits: int | None, activation_bits: int | None) -> float:
+        simulation.weight_bits, simulation.activation_bits = weight_bits, activation_bits
+        return float(np.abs(_probs(simulation, held_out) - reference).mean())
+
+    assert error(4, None) > error(8, None) > error(12, None) > 0
+    assert error(None, 6) > error(None, 8) > error(None, 12) > 0
+    assert error(8, 8) > error(12, 12)
+
+
+def test_measured_counts_flips_and_their_keras_margins() -> None:
+    keras_probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.45, 0.45 - 1e-3], [0.2, 0.2, 0.6]] * 4)
+    probs = keras_probs.copy()
+    probs[1] = [0.1, 0.44, 0.46]  # a near-tie flips
+    probs[3] = [0.7, 0.2, 0.1]  # agrees, moved
+    row = measured({"test": keras_probs, "non_test": keras_probs},
+                   {"test": probs, "non_test": probs})
+    assert row["non_test"]["flips"] == 1
+    assert row["non_test"]["agreement"] == pytest.approx(11 / 12)
+    low, high = row["non_test"]["agreement_interval"]
+    assert low < 11 / 12 <= high
+    assert [flip["index"] for flip in row["test_flipped"]] == [1]
+    assert row["test_flipped"][0]["keras_margin"] == pytest.approx(1e-3)
+
+
+def test_report_row_of_the_shipped_int8_matches_the_manifest(manifest) -> None:
+    """The report's TFLite row is the shipped int8 file: same test agreement and mean |dp| as
+    the conversion check recorded in the manifest."""
+    report = json.loads((REPORTS / "int8_precision-efficientnet-lite0.json").read_text())
+    shipped = report["rows"][0]
+    recorded = manifest["models"]["efficientnet-lite0/int8"]["verification"]["test"]
+    assert shipped["weights"] == "TFLite int8 (shipped)"
+    assert shipped["test"]["agreement"] == pytest.approx(recorded["agreement"], abs=1e-12)
+    assert shipped["test"]["mean_abs_dprob"] == pytest.approx(recorded["mean_abs_dprob"],
+                                                             abs=1e-6)
+    assert report["images"] == {"test": 114, "non_test": 1097}
