@@ -24,6 +24,9 @@ import tensorflow as tf
 
 from benchmarks.int8_study import (
     _conv_bn_pairs,
+    distillation_images,
+    flipped_images,
+    flipped_text,
     folding_scale,
     margin_counts,
     margins_text,
@@ -35,15 +38,7 @@ from benchmarks.int8_study import (
 )
 from benchmarks.metrics import agreement
 from convert.tflite import convert_model
-from edge_infer.datasets import (
-    bus_bra_split_files,
-    load_images,
-    resolve_bus_bra_dir,
-    resolve_busi_dir,
-    split_files,
-)
-from edge_infer.decision import argmax_indices
-from edge_infer.rates import bootstrap_interval
+from edge_infer.datasets import resolve_busi_dir
 from train.data import dataset
 
 CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
@@ -71,8 +66,8 @@ def _on_fixed_grid(probs: tf.Tensor, bits: int) -> tf.Tensor:
 
 
 def _activation(function, tensor: tf.Tensor, bits: int | None) -> tf.Tensor:
-    """TFLite runs sigmoid as LOGISTIC, whose int8 output has fixed 1/256 steps, and swish as
-    LOGISTIC then MUL; bits None runs it in float."""
+    """TFLite runs sigmoid as LOGISTIC, whose output has fixed 1 / 2^bits steps (int8: 1/256),
+    and swish as LOGISTIC then MUL; bits None runs it in float."""
     if function is keras.activations.sigmoid:
         return _sigmoid(tensor, bits)
     if function is keras.activations.silu:
@@ -91,10 +86,11 @@ def _sigmoid(tensor: tf.Tensor, bits: int | None) -> tf.Tensor:
 
 class QuantSimulation:
     """A classifier (backbone -> GAP -> Dense) with BN-folded weights as variables, run in
-    float, with simulated int8, or recording each quantized tensor's min / max.
+    float, as a simulated integer model (mode "int8"), or recording each quantized tensor's
+    min / max.
 
     The simulated integer model has `weight_bits`-bit weights and `activation_bits`-bit
-    activations (8 and 8: TFLite's int8); None keeps that side in float.
+    activations (8 and 8, the default: TFLite's int8); None keeps that side in float.
     """
 
     def __init__(self, model: keras.Model, weight_bits: int | None = 8,
@@ -147,7 +143,7 @@ class QuantSimulation:
 
     def logits(self, images: tf.Tensor, mode: str = "float") -> tuple[tf.Tensor, dict]:
         """Logits, and {tensor: (min, max)} when mode is "record"; mode "int8" simulates the
-        int8 model with the ranges of the last `calibrate`."""
+        integer model (at this simulation's bits) with the ranges of the last `calibrate`."""
         ranges = {}
         bits = self.activation_bits if mode == "int8" else None
 
@@ -184,14 +180,16 @@ class QuantSimulation:
         return output("logits", pooled @ kernel + self.dense_bias), ranges
 
     def probabilities(self, images: tf.Tensor, mode: str = "float") -> tf.Tensor:
-        """Softmax of `logits`; in int8 mode rounded to the uint8 output's 1/256 steps."""
+        """Softmax of `logits`; in int8 mode rounded to the integer output's 1 / 2^bits steps
+        (uint8: 1/256)."""
         probs = tf.nn.softmax(self.logits(images, mode)[0])
         if mode == "int8" and self.activation_bits is not None:
             probs = _on_fixed_grid(probs, self.activation_bits)
         return probs
 
     def int8_kernel(self, name: str, depthwise: bool) -> tf.Tensor:
-        """The kernel as the int8 model holds it: rounded to the nearest int8 step."""
+        """The kernel as the integer model holds it: rounded to the nearest weight_bits-bit
+        step (int8 by default; the float kernel when weight_bits is None)."""
         if self.weight_bits is None:
             return self.kernels[name]
         return fake_quant_weights(self.kernels[name], depthwise, self.weight_bits)
@@ -269,44 +267,6 @@ def distillation_step(student: QuantSimulation, teacher: QuantSimulation,
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
     return step
-
-
-def distillation_images(busi_root: Path) -> np.ndarray:
-    """BUSI + BUS-BRA training images: what the int8 studies train on (never validation)."""
-    busi = load_images(split_files("train"), busi_root, desc="BUSI train")[0]
-    bus_bra = load_images(bus_bra_split_files("train"), resolve_bus_bra_dir(None),
-                          desc="BUS-BRA train")[0]
-    return np.concatenate([busi, bus_bra])
-
-
-def non_test_images(busi_root: Path, busi_val: np.ndarray) -> dict[str, np.ndarray]:
-    """Every non-test image, in two parts: held_out (BUSI + BUS-BRA validation) and
-    trained_on (BUSI + BUS-BRA train: the Keras model's training images, and those the
-    int8 studies learn on)."""
-    bus_bra = resolve_bus_bra_dir(None)
-    return {
-        "held_out": np.concatenate([busi_val, load_images(
-            bus_bra_split_files("val"), bus_bra, desc="BUS-BRA val")[0]]),
-        "trained_on": distillation_images(busi_root),
-    }
-
-
-def agreement_interval(keras_probs: np.ndarray, probs: np.ndarray) -> list[float]:
-    """95 % percentile-bootstrap interval of the top-1 agreement (edge_infer.rates)."""
-    same = argmax_indices(keras_probs) == argmax_indices(probs)
-    return list(bootstrap_interval(lambda indices: float(same[indices].mean()), len(same)))
-
-
-def flipped_images(keras_probs: np.ndarray, probs: np.ndarray) -> list[dict]:
-    """Test images whose top-1 differs from Keras, with Keras's own top-2 margin."""
-    top2 = np.sort(keras_probs, axis=1)[:, -2:]
-    return [{"index": int(i), "keras_margin": float(top2[i, 1] - top2[i, 0])}
-            for i in np.nonzero(argmax_indices(keras_probs) != argmax_indices(probs))[0]]
-
-
-def flipped_text(flipped: list[dict]) -> str:
-    """The Keras top-2 margins of the flipped test images, for a report's table cell."""
-    return ", ".join(f"{f['keras_margin']:.3f}" for f in flipped)
 
 
 def write_markdown(results: dict, path: Path) -> None:

@@ -29,16 +29,16 @@ import tensorflow as tf
 from benchmarks.int8_qat import (
     BATCH_SIZE,
     QuantSimulation,
-    agreement_interval,
     centred,
-    flipped_images,
-    flipped_text,
-    non_test_images,
 )
 from benchmarks.int8_study import (
+    agreement_interval,
+    flipped_images,
+    flipped_text,
     margin_counts,
     margins_text,
     model_label,
+    non_test_images,
     study_inputs,
     study_options,
     tflite_probabilities,
@@ -60,10 +60,11 @@ def _rectified_sigmoid(rounding: tf.Tensor) -> tf.Tensor:
 
 
 class LearnedRounding(QuantSimulation):
-    """The int8 simulation with a learned up / down rounding per kernel weight."""
+    """The int8 simulation with a learned up / down rounding per kernel weight (int8 weights
+    only: its levels run to +-127)."""
 
     def __init__(self, model: keras.Model):
-        super().__init__(model)
+        super().__init__(model, weight_bits=8)
         self.steps: dict[str, tf.Tensor] = {}
         self.base_levels: dict[str, tf.Tensor] = {}
         self.free: dict[str, tf.Tensor] = {}

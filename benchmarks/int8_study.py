@@ -27,8 +27,16 @@ from tensorflow.lite.python import util as tflite_util
 from benchmarks.metrics import agreement
 from convert.int8_choices import DEFAULT_INT8_RANGES
 from convert.tflite import compacted, convert_model, float32_weight_bytes, int8_converter
-from edge_infer.datasets import load_images, resolve_busi_dir, split_files
+from edge_infer.datasets import (
+    bus_bra_split_files,
+    load_images,
+    resolve_bus_bra_dir,
+    resolve_busi_dir,
+    split_files,
+)
+from edge_infer.decision import argmax_indices
 from edge_infer.manifest import resolve_model
+from edge_infer.rates import bootstrap_interval
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 FALLBACK_COUNTS = (3, 10)
@@ -247,6 +255,45 @@ def margins_text(margins: dict[str, int]) -> str:
     """`margin_counts` as a sentence fragment: "1 below 0.003906, 4 below 0.02, ..."."""
     return ", ".join(f"{count} below {limit.removeprefix('below_')}"
                      for limit, count in margins.items())
+
+
+def distillation_images(busi_root: Path) -> np.ndarray:
+    """BUSI + BUS-BRA training images: what the QAT and rounding studies train on (never
+    validation)."""
+    busi = load_images(split_files("train"), busi_root, desc="BUSI train")[0]
+    bus_bra = load_images(bus_bra_split_files("train"), resolve_bus_bra_dir(None),
+                          desc="BUS-BRA train")[0]
+    return np.concatenate([busi, bus_bra])
+
+
+def non_test_images(busi_root: Path, busi_val: np.ndarray) -> dict[str, np.ndarray]:
+    """Every non-test image, in two parts: held_out (BUSI + BUS-BRA validation) and
+    trained_on (BUSI + BUS-BRA train: the Keras model's training images, and those the QAT
+    and rounding studies learn on)."""
+    bus_bra = resolve_bus_bra_dir(None)
+    return {
+        "held_out": np.concatenate([busi_val, load_images(
+            bus_bra_split_files("val"), bus_bra, desc="BUS-BRA val")[0]]),
+        "trained_on": distillation_images(busi_root),
+    }
+
+
+def agreement_interval(keras_probs: np.ndarray, probs: np.ndarray) -> list[float]:
+    """95 % percentile-bootstrap interval of the top-1 agreement (edge_infer.rates)."""
+    same = argmax_indices(keras_probs) == argmax_indices(probs)
+    return list(bootstrap_interval(lambda indices: float(same[indices].mean()), len(same)))
+
+
+def flipped_images(keras_probs: np.ndarray, probs: np.ndarray) -> list[dict]:
+    """Test images whose top-1 differs from Keras, with Keras's own top-2 margin."""
+    top2 = np.sort(keras_probs, axis=1)[:, -2:]
+    return [{"index": int(i), "keras_margin": float(top2[i, 1] - top2[i, 0])}
+            for i in np.nonzero(argmax_indices(keras_probs) != argmax_indices(probs))[0]]
+
+
+def flipped_text(flipped: list[dict]) -> str:
+    """The Keras top-2 margins of the flipped test images, for a report's table cell."""
+    return ", ".join(f"{f['keras_margin']:.3f}" for f in flipped)
 
 
 def write_markdown(results: dict, path: Path) -> None:

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tiny_models import tiny_classifier, tiny_se_classifier
 
 from benchmarks.int8_precision import measured
-from benchmarks.int8_qat import QuantSimulation, fake_quant_weights
+from benchmarks.int8_qat import QuantSimulation, _on_fixed_grid, fake_quant_weights
 from benchmarks.int8_study import REPORTS
 
 
@@ -24,16 +24,35 @@ def _probs(simulation: QuantSimulation, images: np.ndarray, mode: str = "int8") 
     return simulation.probabilities(tf.constant(images, tf.float32), mode).numpy()
 
 
+@pytest.mark.parametrize("depthwise", [False, True], ids=["conv", "depthwise"])
 @pytest.mark.parametrize("bits", [4, 8, 10])
-def test_weights_at_b_bits_take_2_to_the_b_minus_1_levels_per_channel(bits: int) -> None:
-    kernel = tf.constant(np.random.default_rng(1).normal(size=(3, 3, 4, 6)), tf.float32)
-    quantized = fake_quant_weights(kernel, depthwise=False, bits=bits).numpy()
+def test_b_bit_weights_have_per_channel_steps_of_max_over_2_to_the_b_minus_1_minus_1(
+        bits: int, depthwise: bool) -> None:
+    shape = (3, 3, 6, 1) if depthwise else (3, 3, 4, 6)
+    kernel = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    quantized = fake_quant_weights(tf.constant(kernel), depthwise, bits).numpy()
+    per_channel = (0, 1, 3) if depthwise else (0, 1, 2)
     largest = 2 ** (bits - 1) - 1
-    step = np.abs(kernel.numpy()).max(axis=(0, 1, 2)) / largest
+    step = np.abs(kernel).max(axis=per_channel, keepdims=True) / largest
     levels = quantized / step
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
-    np.testing.assert_allclose(np.abs(levels).max(axis=(0, 1, 2)), largest, rtol=1e-5)
-    assert np.abs(quantized - kernel.numpy()).max() <= step.max() / 2 * 1.001
+    np.testing.assert_allclose(np.abs(levels).max(axis=per_channel), largest, rtol=1e-5)
+    assert np.all(np.abs(quantized - kernel) <= step / 2 * 1.001)
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+def test_sigmoid_and_output_probabilities_sit_on_a_grid_of_2_to_the_minus_bits(
+        images, bits: int) -> None:
+    """LOGISTIC and the softmax output have fixed 1 / 2^bits steps at `bits`-bit activations."""
+    values = tf.constant(np.linspace(0.0, 0.999, 997), tf.float32)
+    gridded = _on_fixed_grid(values, bits).numpy() * 2 ** bits
+    np.testing.assert_allclose(gridded, np.round(gridded), atol=1e-3)
+    simulation = QuantSimulation(tiny_se_classifier(), activation_bits=bits)
+    simulation.calibrate(images)
+    probs = _probs(simulation, images)
+    np.testing.assert_allclose(probs * 2 ** bits, np.round(probs * 2 ** bits), atol=1e-3)
+    if bits > 8:  # finer than the uint8 output's grid
+        assert np.abs(probs * 256 - np.round(probs * 256)).max() > 0.01
 
 
 @pytest.mark.parametrize("build", [tiny_classifier, tiny_se_classifier])
