@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from tiny_models import tiny_classifier, tiny_se_classifier
 
-from benchmarks.int8_precision import measured
+from benchmarks.int8_precision import PRECISIONS, SHIPPED_ROW, bits_text, measured
 from benchmarks.int8_qat import QuantSimulation, _on_fixed_grid, fake_quant_weights
 from benchmarks.int8_study import REPORTS
 
@@ -95,14 +95,21 @@ def test_measured_counts_flips_and_their_keras_margins() -> None:
     assert row["test_flipped"][0]["keras_margin"] == pytest.approx(1e-3)
 
 
-def test_report_row_of_the_shipped_int8_matches_the_manifest(manifest) -> None:
-    """The report's TFLite row is the shipped int8 file: same test agreement and mean |dp| as
-    the conversion check recorded in the manifest."""
-    report = json.loads((REPORTS / "int8_precision-efficientnet-lite0.json").read_text())
-    shipped = report["rows"][0]
-    recorded = manifest["models"]["efficientnet-lite0/int8"]["verification"]["test"]
-    assert shipped["weights"] == "TFLite int8 (shipped)"
-    assert shipped["test"]["agreement"] == pytest.approx(recorded["agreement"], abs=1e-12)
-    assert shipped["test"]["mean_abs_dprob"] == pytest.approx(recorded["mean_abs_dprob"],
-                                                             abs=1e-6)
+@pytest.mark.parametrize("arch", ["efficientnet-lite0", "efficientnetb0"])
+def test_report_has_a_shipped_row_exactly_when_an_int8_is_shipped(manifest, arch: str) -> None:
+    """A report's 'shipped' row is the shipped int8 file: same test agreement and mean |dp|
+    as the conversion check recorded in the manifest; without a shipped int8, no such row."""
+    report = json.loads((REPORTS / f"int8_precision-{arch}.json").read_text())
     assert report["images"] == {"test": 114, "non_test": 1097}
+    simulated = [(row["weights"], row["activations"]) for row in report["rows"]
+                 if row["weights"] != SHIPPED_ROW]
+    assert simulated == [(bits_text(w), bits_text(a)) for w, a in PRECISIONS]
+    entry = manifest["models"].get(f"{arch}/int8")
+    shipped = [row for row in report["rows"] if row["weights"] == SHIPPED_ROW]
+    if entry is None:
+        assert not shipped
+        return
+    recorded = entry["verification"]["test"]
+    assert shipped[0]["test"]["agreement"] == pytest.approx(recorded["agreement"], abs=1e-12)
+    assert shipped[0]["test"]["mean_abs_dprob"] == pytest.approx(recorded["mean_abs_dprob"],
+                                                                abs=1e-6)
