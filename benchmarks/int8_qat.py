@@ -158,7 +158,7 @@ class QuantSimulation:
 
         def replacement(layer: keras.layers.Layer):
             if isinstance(layer, CONV_LAYERS):
-                return lambda tensor, **_: self._conv(layer, tensor, mode, output)
+                return lambda tensor, **_: self._conv(layer, tensor, mode, output, bits)
             quantized = layer.name in self.quantized
             if isinstance(layer, keras.layers.Activation):
                 return lambda tensor, **_: output(
@@ -195,7 +195,7 @@ class QuantSimulation:
         return fake_quant_weights(self.kernels[name], depthwise, self.weight_bits)
 
     def _conv(self, conv: keras.layers.Layer, tensor: tf.Tensor, mode: str,
-              output: Callable[[str, tf.Tensor], tf.Tensor]) -> tf.Tensor:
+              output: Callable[[str, tf.Tensor], tf.Tensor], bits: int | None) -> tf.Tensor:
         depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
         if mode == "int8":
             kernel = self.int8_kernel(conv.name, depthwise)
@@ -208,7 +208,6 @@ class QuantSimulation:
             result = tf.nn.conv2d(tensor, kernel, stride, padding)
         result = result + self.biases[conv.name]
         if conv.activation is not keras.activations.linear:
-            bits = self.activation_bits if mode == "int8" else None
             result = _activation(conv.activation, output(f"{conv.name}_linear", result), bits)
         if self.norm_of[conv.name] is not None or _ends_in_sigmoid(conv):
             return result
