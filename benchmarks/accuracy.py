@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.metrics import (
+from edge_infer.metrics import (
     agreement,
     bootstrap_headline,
     bootstrap_interval,

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.evaluate import malignant_figures
 from benchmarks.external import load_external
-from benchmarks.metrics import brier_score, expected_calibration_error, reliability_bins
 from edge_infer.calibration import (
     Calibration,
     apply_temperature,
     fit_temperature,
     negative_log_likelihood,
 )
-from edge_infer.datasets import EXTERNAL_LABELS
+from edge_infer.evaluation import malignant_figures
+from edge_infer.metrics import brier_score, expected_calibration_error, reliability_bins
 from edge_infer.site_profile import fit_site_profile
 from edge_infer.spec import CLASS_NAMES
+from train.datasets import LABELS_FILENAME
 
 SITE_VARIANT = "tflite-int8"
 HALVES_SEED = 0
@@ -64,7 +64,7 @@ def case_halves(root: Path, files: list[str], labels: np.ndarray,
                 seed: int = HALVES_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Indices of two halves of the external images, split by case (labels.csv's case_id),
     stratified by class, with a fixed seed: each class's cases shuffled, the first half to A."""
-    with open(root / EXTERNAL_LABELS, newline="", encoding="utf-8-sig") as handle:
+    with open(root / LABELS_FILENAME, newline="", encoding="utf-8-sig") as handle:
         case_of = {row["file"]: row["case_id"] for row in csv.DictReader(handle)}
     cases = [case_of[file] for file in files]
     rng = np.random.default_rng(seed)

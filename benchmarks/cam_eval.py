@@ -313,9 +313,10 @@ def main(busi_dir: str | None, out: Path, resamples: int) -> None:
     import keras
 
     from benchmarks.cam_markdown import cam_section
-    from benchmarks.report import json_ready
-    from edge_infer.datasets import resolve_busi_dir, split_files
+    from edge_infer.evaluation import json_ready
     from edge_infer.manifest import resolve_model
+    from edge_infer.splits import split_files
+    from train.datasets import resolve_busi_dir
 
     root = resolve_busi_dir(busi_dir)
     classifier = Classifier("int8", threads=2)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from edge_infer.datasets import EXTERNAL_ENV, models_dir, resolve_busi_dir, resolve_external_dir
-from edge_infer.manifest import ModelError
+from edge_infer.manifest import ModelError, models_dir
+from train.datasets import EXTERNAL_ENV, resolve_busi_dir, resolve_external_dir
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports"
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.evaluate import malignant_figures
-from edge_infer.datasets import EXTERNAL_LABELS
+from edge_infer.evaluation import malignant_figures
 from edge_infer.inputs import labelled_csv
 from edge_infer.preprocess import preprocess_image
 from edge_infer.spec import CLASS_NAMES
+from train.datasets import LABELS_FILENAME
 
 NAME = "BrEaST-Lesions_USG"
 CITATION = ("Pawłowska A. et al., Curated benchmark dataset for ultrasound based breast lesion "
@@ -29,7 +29,7 @@ def load_external(root: Path, stride: int) -> dict:
     """Every stride-th image of labels.csv (in its row order), preprocessed by
     the shared preprocessing, with labels and files. The set is curated: any file that cannot
     be used is an error, not a skip."""
-    found = labelled_csv(root / EXTERNAL_LABELS)
+    found = labelled_csv(root / LABELS_FILENAME)
     problems = found.unreadable + found.unlabelled
     if problems:
         where, reason = problems[0]

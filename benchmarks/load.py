@@ -30,7 +30,8 @@ import numpy as np
 from benchmarks.cli import DEFAULT_OUT
 from benchmarks.latency import child_env
 from benchmarks.machine import machine_info
-from edge_infer.datasets import resolve_busi_dir, split_files
+from edge_infer.splits import split_files
+from train.datasets import resolve_busi_dir
 
 SCHEMA_VERSION = 1
 HOST = "127.0.0.1"  # the only address this test ever talks to

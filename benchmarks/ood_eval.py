@@ -36,19 +36,16 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks import ood_sets
-from benchmarks.metrics import detection_auroc
 from edge_infer.classifier import Classifier
-from edge_infer.datasets import (
-    SPLIT_FILENAME,
-    bus_bra_split_files,
-    models_dir,
-    resolve_bus_bra_dir,
-    resolve_busi_dir,
-    resolve_external_dir,
-    split_files,
-)
 from edge_infer.inputs import labelled_csv
-from edge_infer.manifest import MANIFEST_FILENAME, ModelError, read_manifest
+from edge_infer.manifest import (
+    MANIFEST_FILENAME,
+    SPLIT_FILENAME,
+    ModelError,
+    models_dir,
+    read_manifest,
+)
+from edge_infer.metrics import detection_auroc
 from edge_infer.ood import (
     TARGET_FALSE_ALARM,
     choose_threshold,
@@ -57,6 +54,8 @@ from edge_infer.ood import (
     max_softmax_score,
 )
 from edge_infer.preprocess import decode_image, to_model_input
+from edge_infer.splits import bus_bra_split_files, split_files
+from train.datasets import resolve_bus_bra_dir, resolve_busi_dir, resolve_external_dir
 
 HEADING = "## Out-of-distribution check (images that are not breast ultrasound)"
 JSON_NAME, MARKDOWN_NAME = "ood.json", "ood.md"
@@ -277,7 +276,7 @@ def ood_section(results: dict) -> list[str]:
 def write_ood_report(section: dict, out: Path) -> tuple[Path, Path]:
     """ood.json (the figures) and ood.md (the section as a page) in out."""
     out.mkdir(parents=True, exist_ok=True)
-    from benchmarks.report import json_ready
+    from edge_infer.evaluation import json_ready
 
     json_path, md_path = out / JSON_NAME, out / MARKDOWN_NAME
     json_path.write_text(json.dumps(json_ready(section), indent=1, allow_nan=False) + "\n")

@@ -12,6 +12,7 @@ from benchmarks.ood_eval import HEADING as OOD_HEADING
 from benchmarks.ood_eval import ood_section
 from benchmarks.sites import sites_section
 from benchmarks.targets import INT8, KERAS_PREDICT, KERAS_TF_FUNCTION
+from edge_infer.evaluation import json_ready
 from edge_infer.spec import CLASS_NAMES
 
 JSON_NAME = "latest.json"
@@ -372,17 +373,6 @@ def markdown(results: dict) -> str:
                 resources_section, calibration_section, site_lines, cam_section, ood_section,
                 onnx_section, method_section, machine_section)
     return "\n".join(line for section in sections for line in section(results))
-
-
-def json_ready(value):
-    """NaN (an undefined metric) as JSON null, everywhere in a nested structure."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
 
 
 def write_report(results: dict, out: Path) -> tuple[Path, Path]:

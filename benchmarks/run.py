@@ -32,9 +32,9 @@ from benchmarks.sites import committed_table
 from benchmarks.targets import check_targets, latency_ratios, resource_ratios
 from benchmarks.variants import KerasRunner, OnnxRunner, TFLiteRunner, VariantSpec
 from edge_infer.calibration import apply_temperature, fit_calibration
-from edge_infer.datasets import SPLIT_FILENAME, load_images, split_files
-from edge_infer.manifest import MANIFEST_FILENAME, read_manifest, resolve_model
+from edge_infer.manifest import MANIFEST_FILENAME, SPLIT_FILENAME, read_manifest, resolve_model
 from edge_infer.spec import CLASS_NAMES
+from edge_infer.splits import load_images, split_files
 
 SCHEMA_VERSION = 1
 TFLITE_VARIANTS: tuple[str, ...] = ("float32", "float16", "int8")

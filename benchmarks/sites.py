@@ -22,20 +22,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from benchmarks.evaluate import malignant_figures
 from benchmarks.external import load_external
 from edge_infer.calibration import apply_temperature, fit_calibration
-from edge_infer.datasets import (
-    bus_bra_split_files,
-    load_images,
-    resolve_bus_bra_dir,
-    resolve_busi_dir,
-    resolve_external_dir,
-    split_files,
-)
 from edge_infer.decision import argmax_indices
+from edge_infer.evaluation import malignant_figures
 from edge_infer.spec import NORMAL_INDEX
+from edge_infer.splits import bus_bra_split_files, load_images, split_files
 from edge_infer.tflite_model import TFLiteModel
+from train.datasets import resolve_bus_bra_dir, resolve_busi_dir, resolve_external_dir
 
 REPORTS = Path(__file__).resolve().parent / "reports"
 TEST_SETS: tuple[str, ...] = ("BUSI test", "BUS-BRA test", "BrEaST")

@@ -19,7 +19,6 @@ import numpy as np
 
 from convert.validation import validation_set
 from edge_infer.calibration import TEMPERATURE_BOUNDS, fit_calibration, fit_temperature
-from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.manifest import (
     MANIFEST_FILENAME,
     ModelError,
@@ -27,6 +26,7 @@ from edge_infer.manifest import (
     resolve_model,
     update_manifest,
 )
+from edge_infer.manifest import models_dir as shipped_models_dir
 from edge_infer.rates import bootstrap_interval
 from edge_infer.tflite_model import TFLiteModel
 

@@ -18,18 +18,20 @@ import numpy as np
 from tqdm import tqdm
 
 from convert.int8_choices import DEFAULT_INT8_RANGES, INT8_RANGES, RANGE_NOTES
-from edge_infer.datasets import SPLIT_FILENAME, load_images, resolve_busi_dir, split_files
-from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.manifest import (
     MANIFEST_FILENAME,
+    SPLIT_FILENAME,
     ModelError,
     file_facts,
     read_manifest,
     resolve_model,
     update_manifest,
 )
+from edge_infer.manifest import models_dir as shipped_models_dir
 from edge_infer.spec import CLASS_NAMES, PREPROCESSING_ID
+from edge_infer.splits import load_images, split_files
 from edge_infer.tflite_model import TFLiteModel
+from train.datasets import resolve_busi_dir
 
 DEFAULT_VARIANTS = "float32,float16,int8"
 CALIBRATION = "all BUSI validation images of the split manifest (preprocess_image, uint8)"

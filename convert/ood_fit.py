@@ -21,23 +21,16 @@ import numpy as np
 from tqdm import tqdm
 
 from convert.validation import split_sha256s, trained_on_bus_bra
-from edge_infer.datasets import (
-    SPLIT_FILENAME,
-    SplitRow,
-    bus_bra_split_files,
-    resolve_bus_bra_dir,
-    resolve_busi_dir,
-    split_files,
-)
-from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.manifest import (
     MANIFEST_FILENAME,
+    SPLIT_FILENAME,
     ModelError,
     file_facts,
     read_manifest,
     resolve_model,
     update_manifest,
 )
+from edge_infer.manifest import models_dir as shipped_models_dir
 from edge_infer.ood import (
     COLOUR_METHOD,
     COLOUR_THRESHOLD,
@@ -50,7 +43,9 @@ from edge_infer.ood import (
 )
 from edge_infer.preprocess import decode_image, to_model_input
 from edge_infer.spec import CLASS_NAMES
+from edge_infer.splits import SplitRow, bus_bra_split_files, split_files
 from edge_infer.tflite_model import TFLiteModel
+from train.datasets import resolve_bus_bra_dir, resolve_busi_dir
 
 
 @dataclass

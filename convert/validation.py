@@ -11,16 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_infer.datasets import (
-    BUS_BRA_SPLIT_FILENAME,
-    SPLIT_FILENAME,
-    bus_bra_split_files,
-    load_images,
-    resolve_bus_bra_dir,
-    resolve_busi_dir,
-    split_files,
-)
-from edge_infer.manifest import read_manifest, sha256_of
+from edge_infer.manifest import BUS_BRA_SPLIT_FILENAME, SPLIT_FILENAME, read_manifest, sha256_of
+from edge_infer.splits import bus_bra_split_files, load_images, split_files
+from train.datasets import resolve_bus_bra_dir, resolve_busi_dir
 
 
 def trained_on_bus_bra(manifest_file: Path, arch: str) -> bool:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.metrics import agreement, classification_metrics
 from edge_infer.calibration import choose_threshold
+from edge_infer.metrics import agreement, classification_metrics
 from edge_infer.spec import MALIGNANT_INDEX
 
 TARGETS: dict[str, dict[str, float]] = {

@@ -331,12 +331,12 @@ def info(as_json: bool) -> None:
 
 
 def _load_evaluation(plots: bool) -> ModuleType:
-    """benchmarks.evaluate (and benchmarks.plots), or one line naming the [evaluate] extra and
+    """edge_infer.evaluation (and matplotlib for plots), or one line naming the [evaluate] extra and
     exit code 1: scikit-learn and matplotlib are not part of the light runtime."""
     try:
         import sklearn  # noqa: F401
 
-        from benchmarks import evaluate
+        from edge_infer import evaluation
         if plots:
             import matplotlib  # noqa: F401
     except ImportError as err:
@@ -344,7 +344,7 @@ def _load_evaluation(plots: bool) -> ModuleType:
         click.echo(f"error: edge-infer evaluate needs {needed} ({err.name} is missing): "
                    f"pip install \".[evaluate]\"", err=True)
         sys.exit(EXIT_MODEL)
-    return evaluate
+    return evaluation
 
 
 @main.command(epilog=EVALUATE_EXIT_CODES)
@@ -410,15 +410,14 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
                                      source, errors, found.notes, resamples)
     try:
         if plots_dir is not None:
-            from benchmarks.plots import make_evaluation_plots
+            from edge_infer.plots import make_evaluation_plots
 
             report["plots"] = {name: str(plots_dir / file) for name, file
                                in make_evaluation_plots(report, plots_dir).items()}
         click.echo("\n".join(evaluation.summary_lines(report)))
         if json_file is not None:
-            from benchmarks.report import json_ready
-
-            json_file.write_text(json.dumps(json_ready(report), indent=1, allow_nan=False)
+            json_file.write_text(json.dumps(evaluation.json_ready(report), indent=1,
+                                            allow_nan=False)
                                  + "\n")
     except OSError as err:
         click.echo(f"error: cannot write {err.filename}: {err.strerror or err}", err=True)
@@ -450,7 +449,7 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
         import python_multipart  # noqa: F401  (FastAPI parses uploads with it)
         import uvicorn
 
-        from edge_infer.server import create_app
+        from edge_infer.web.app import create_app
     except ImportError as err:
         click.echo(f"error: the web app needs fastapi, fastapi-offline, uvicorn and "
                    f"python-multipart ({err.name} is missing): pip install \".[serve]\"",

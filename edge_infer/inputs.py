@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_infer.datasets import is_mask_file
 from edge_infer.spec import CLASS_NAMES
+from edge_infer.splits import is_mask_file
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 

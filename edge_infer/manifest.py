@@ -11,12 +11,15 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-from edge_infer.datasets import SPLIT_FILENAME, models_dir
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING_ID
 
 MANIFEST_FILENAME = "manifest.json"
+SPLIT_FILENAME = "busi_split.csv"
+BUS_BRA_SPLIT_FILENAME = "bus_bra_split.csv"
+MODELS_ENV = "EDGE_INFER_MODELS"
 SCHEMA_VERSION = 1
 
 
@@ -44,6 +47,17 @@ def sha256_of(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def models_dir() -> Path:
+    """The folder holding the models and manifest: $EDGE_INFER_MODELS if set, else the shipped
+    one (installed as `edge_infer.models`, or the project's `models/` in a source tree)."""
+    if os.environ.get(MODELS_ENV):
+        return Path(os.environ[MODELS_ENV])
+    try:
+        return Path(str(resources.files("edge_infer.models")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "models"
 
 
 def manifest_path() -> Path:

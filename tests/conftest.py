@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from edge_infer.classifier import Classifier
-from edge_infer.datasets import read_split, resolve_bus_bra_dir, resolve_busi_dir
 from edge_infer.manifest import ModelError, read_manifest
 from edge_infer.preprocess import decode_image
+from edge_infer.splits import read_split
+from train.datasets import resolve_bus_bra_dir, resolve_busi_dir
 
 
 @pytest.fixture(scope="session")

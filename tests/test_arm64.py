@@ -1,6 +1,6 @@
-"""The arm64 check's comparison step (benchmarks/arm64_compare.py) and its committed last result:
+"""The arm64 check's comparison step (tools/arm64/compare.py) and its committed last result:
 result files that agree pass, files that differ in any way fail, tolerance edges are exact.
-The emulated run itself (benchmarks/arm64/run.sh) is too slow for CI."""
+The emulated run itself (tools/arm64/run.sh) is too slow for CI."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from benchmarks.arm64_compare import (
+from edge_infer.decision import decide
+from edge_infer.spec import CLASS_NAMES
+from tools.arm64.compare import (
     EXIT_DIFFER,
     EXIT_UNREADABLE,
     ResultFileError,
@@ -21,13 +23,11 @@ from benchmarks.arm64_compare import (
     main,
     read_results,
 )
-from benchmarks.arm64_cpuinfo import cpuinfo_text, features
-from benchmarks.arm64_report import load_alignment, peak_rss_mib, render_markdown
-from edge_infer.decision import decide
-from edge_infer.spec import CLASS_NAMES
+from tools.arm64.cpuinfo import cpuinfo_text, features
+from tools.arm64.report import load_alignment, peak_rss_mib, render_markdown
 
 REPO = Path(__file__).resolve().parent.parent
-COMMITTED_REPORT = REPO / "benchmarks" / "reports" / "arm64.json"
+COMMITTED_REPORT = REPO / "docs" / "arm64.json"
 MODEL = {"key": "efficientnet-lite0/int8", "variant": "int8", "sha256": "ab" * 32}
 INT8_STEP = 1 / 256  # the int8 model's output scale
 PROBS = {  # quantized like the int8 model's outputs
@@ -179,9 +179,9 @@ def test_a_repeated_image_is_refused(tmp_path: Path) -> None:
 
 
 def test_module_entry_point_exit_codes(tmp_path: Path) -> None:
-    """`python -m benchmarks.arm64_compare`, as run.sh and people call it."""
+    """`python -m tools.arm64.compare`, as run.sh and people call it."""
     ref, name = reference(tmp_path), "normal/normal (3).png"
-    command = [sys.executable, "-m", "benchmarks.arm64_compare", str(ref)]
+    command = [sys.executable, "-m", "tools.arm64.compare", str(ref)]
     agree = subprocess.run([*command, str(candidate(tmp_path))], cwd=REPO, capture_output=True,
                            text=True, timeout=120)
     assert agree.returncode == 0, agree.stderr

@@ -15,9 +15,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from benchmarks.evaluate import malignant_figures
 from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
-from benchmarks.metrics import (
+from benchmarks.plots import PLOTS
+from benchmarks.report import HEADINGS, JSON_NAME, MARKDOWN_NAME, external_section
+from benchmarks.targets import check_targets
+from edge_infer.decision import argmax_indices, decide
+from edge_infer.evaluation import malignant_figures
+from edge_infer.manifest import MANIFEST_FILENAME, models_dir, read_manifest
+from edge_infer.metrics import (
     agreement,
     auc_benign_vs_malignant,
     bootstrap_headline,
@@ -29,13 +34,8 @@ from benchmarks.metrics import (
     reliability_bins,
     roc_benign_vs_malignant,
 )
-from benchmarks.plots import PLOTS
-from benchmarks.report import HEADINGS, JSON_NAME, MARKDOWN_NAME, external_section
-from benchmarks.targets import check_targets
-from edge_infer.datasets import EXTERNAL_LABELS, models_dir, resolve_external_dir
-from edge_infer.decision import argmax_indices, decide
-from edge_infer.manifest import MANIFEST_FILENAME, read_manifest
 from edge_infer.spec import CLASS_NAMES
+from train.datasets import LABELS_FILENAME, resolve_external_dir
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -289,7 +289,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, busi_root: Path) -> tupl
     if not keras_entry or not (models_dir() / keras_entry["file"]).is_file():
         pytest.skip(f"no trained Keras model in {models_dir()} (set EDGE_INFER_MODELS)")
     out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "busi", "bench", "--quick", "--out", str(out),
                            "--busi-dir", str(busi_root)],
                           cwd=PROJECT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -417,7 +417,7 @@ def test_quick_run_has_the_external_hospital_section(quick_run: tuple[dict, Path
     from benchmarks.run import QUICK
     from edge_infer.inputs import labelled_csv
 
-    all_images = len(labelled_csv(external_dir() / EXTERNAL_LABELS).items)
+    all_images = len(labelled_csv(external_dir() / LABELS_FILENAME).items)
     assert external["n"] == len(external["files"]) == len(external["labels"])
     assert external["n"] == -(-all_images // QUICK.external_stride)  # every stride-th image
     assert external["name"] == "BrEaST-Lesions_USG" and "Sci" in external["citation"]
@@ -445,7 +445,7 @@ def test_evaluate_reproduces_the_reports_external_figures(quick_run: tuple[dict,
     int8 = results["external"].get("variants", {}).get("tflite-int8")
     if root is None or int8 is None:
         pytest.skip("no external test set, or no int8 model")
-    table = tmp_path / EXTERNAL_LABELS
+    table = tmp_path / LABELS_FILENAME
     table.write_text("file,label\n" + "".join(
         f"{root / file},{CLASS_NAMES[label]}\n"
         for file, label in zip(results["external"]["files"], results["external"]["labels"])))

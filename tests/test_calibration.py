@@ -32,12 +32,6 @@ from edge_infer.calibration import (
 )
 from edge_infer.classifier import Classifier
 from edge_infer.cli import main
-from edge_infer.datasets import (
-    bus_bra_split_files,
-    resolve_bus_bra_dir,
-    resolve_external_dir,
-    split_files,
-)
 from edge_infer.decision import argmax_indices
 from edge_infer.manifest import (
     ModelError,
@@ -60,6 +54,8 @@ from edge_infer.site_profile import (
     write_profile,
 )
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
+from edge_infer.splits import bus_bra_split_files, split_files
+from train.datasets import resolve_bus_bra_dir, resolve_external_dir
 
 MODEL = {"key": "arch/int8", "variant": "int8", "sha256": "0" * 64}
 PROFILE_KEYS = {"kind", "schema_version", "model", "temperature", "threshold",
@@ -415,7 +411,7 @@ def test_cli_server_evaluate_and_benchmark_apply_the_same_temperature(
 
     from benchmarks.calibration_report import calibrated_predictor
     from benchmarks.variants import TFLiteRunner, VariantSpec
-    from edge_infer.server import create_app
+    from edge_infer.web.app import create_app
 
     expected = raw_and_expected(classifier, few_images)
     temperature = classifier.calibration.temperature
@@ -637,7 +633,7 @@ def test_evaluate_with_a_site_profile(site_profile, site_folder: Path, tmp_path:
 def test_server_with_a_site_profile(site_profile, site_folder: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from edge_infer.server import create_app
+    from edge_infer.web.app import create_app
 
     out, _ = site_profile
     profile = json.loads(out.read_text())

@@ -29,12 +29,18 @@ from edge_infer.cam import (
 )
 from edge_infer.classifier import Classifier
 from edge_infer.cli import main as edge_infer
-from edge_infer.datasets import SPLIT_FILENAME, split_files
-from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.decision import argmax_indices
-from edge_infer.manifest import MANIFEST_FILENAME, file_facts, resolve_model, update_manifest
+from edge_infer.manifest import (
+    MANIFEST_FILENAME,
+    SPLIT_FILENAME,
+    file_facts,
+    resolve_model,
+    update_manifest,
+)
+from edge_infer.manifest import models_dir as shipped_models_dir
 from edge_infer.preprocess import decode_image, preprocess_image, to_model_input
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING_ID
+from edge_infer.splits import split_files
 from edge_infer.tflite_model import TFLiteModel
 
 CHANNELS = 4
@@ -528,7 +534,7 @@ def test_classifier_refuses_a_changed_head_file(manifest: dict, classifier: Clas
 def client(manifest: dict):
     from fastapi.testclient import TestClient
 
-    from edge_infer.server import create_app
+    from edge_infer.web.app import create_app
 
     with TestClient(create_app("int8", threads=1, workers=1)) as test_client:
         yield test_client

@@ -35,12 +35,12 @@ from edge_infer.cli import (
     SERVE_EXIT_CODES,
     main,
 )
-from edge_infer.datasets import split_files
 from edge_infer.decision import argmax_indices, decide
 from edge_infer.manifest import MANIFEST_FILENAME, ModelError, resolve_model
 from edge_infer.ood import ood_fields
 from edge_infer.preprocess import decode_image
 from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
+from edge_infer.splits import split_files
 
 DECISION_KEYS = ("prediction", "argmax_prediction", "forced_malignant", "mode", "threshold",
                  "probs", "prob_malignant", "top2", "margin", "uncertain")

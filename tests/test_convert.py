@@ -30,18 +30,19 @@ from convert.tflite import (
     int8_converter,
 )
 from edge_infer.calibration import choose_threshold
-from edge_infer.datasets import SPLIT_FILENAME, load_images, split_files
-from edge_infer.datasets import models_dir as shipped_models_dir
 from edge_infer.decision import argmax_indices
 from edge_infer.manifest import (
     MANIFEST_FILENAME,
+    SPLIT_FILENAME,
     file_facts,
     read_manifest,
     resolve_model,
     update_manifest,
 )
+from edge_infer.manifest import models_dir as shipped_models_dir
 from edge_infer.preprocess import preprocess_image
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, MALIGNANT_INDEX, PREPROCESSING_ID
+from edge_infer.splits import load_images, split_files
 from edge_infer.tflite_model import TFLiteModel
 from train.publish import keras_entry
 from train.recipe import TrainConfig

@@ -24,7 +24,6 @@ from benchmarks.ood_eval import JSON_NAME
 from edge_infer.classifier import Classifier
 from edge_infer.cli import EXIT_REFUSED, EXIT_UNREADABLE
 from edge_infer.cli import main as edge_infer
-from edge_infer.datasets import split_files
 from edge_infer.manifest import MANIFEST_FILENAME, ModelError, resolve_model
 from edge_infer.ood import (
     COLOUR_THRESHOLD,
@@ -38,7 +37,8 @@ from edge_infer.ood import (
     ood_fields,
 )
 from edge_infer.preprocess import ImageSource, decode_image
-from edge_infer.server import create_app
+from edge_infer.splits import split_files
+from edge_infer.web.app import create_app
 
 REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "reports" / JSON_NAME
 # Measured rates may differ from the report's by this much: the same model and images give
@@ -223,8 +223,7 @@ def test_thresholds_come_from_the_manifest(checked: Classifier, manifest: dict, 
 
 def test_the_fit_records_every_split_file_it_read(checked: Classifier) -> None:
     from convert.validation import split_sha256s, trained_on_bus_bra
-    from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, SPLIT_FILENAME
-    from edge_infer.manifest import manifest_path, sha256_of
+    from edge_infer.manifest import BUS_BRA_SPLIT_FILENAME, SPLIT_FILENAME, manifest_path, sha256_of
 
     folder = manifest_path().parent
     both = trained_on_bus_bra(manifest_path(), checked.entry.info["arch"])

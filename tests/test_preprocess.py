@@ -12,9 +12,9 @@ from fake_images import png_header_only
 from PIL import Image
 
 from edge_infer import preprocess
-from edge_infer.datasets import list_busi_images
 from edge_infer.preprocess import ImageError, decode_image, preprocess_image, to_model_input
 from edge_infer.spec import INPUT_SHAPE, INPUT_SIZE
+from train.datasets import list_busi_images
 
 ORIENTATION_TAG = 0x0112
 

@@ -26,13 +26,13 @@ from fastapi.testclient import TestClient
 
 from edge_infer.classifier import Classifier
 from edge_infer.cli import main
-from edge_infer.datasets import split_files
 from edge_infer.decision import Decision, Mode, decide
 from edge_infer.ood import OodPolicy, ood_fields
 from edge_infer.preprocess import decode_image
-from edge_infer.server import FORM_OVERHEAD_BYTES, STATIC_DIR, create_app
 from edge_infer.spec import CLASS_NAMES
+from edge_infer.splits import split_files
 from edge_infer.tflite_model import ModelOutput
+from edge_infer.web.app import FORM_OVERHEAD_BYTES, STATIC_DIR, create_app
 
 SMALL_LIMIT = 2000  # bytes: every BUSI image is larger
 SERVER_START_SECONDS = 10

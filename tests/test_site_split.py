@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, models_dir, read_split
+from edge_infer.manifest import BUS_BRA_SPLIT_FILENAME, models_dir
+from edge_infer.splits import read_split
 
 pytest.importorskip("sklearn", reason="training extra ([train]) not installed")
 

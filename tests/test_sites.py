@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.metrics import auc_benign_vs_malignant
 from edge_infer.classifier import Classifier
-from edge_infer.datasets import bus_bra_split_files, load_images
+from edge_infer.metrics import auc_benign_vs_malignant
 from edge_infer.rates import malignant_called
 from edge_infer.spec import MALIGNANT_INDEX
+from edge_infer.splits import bus_bra_split_files, load_images
 
 SITES_REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "reports" / "sites.json"
 

@@ -6,8 +6,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from edge_infer.datasets import list_busi_images, split_files
 from edge_infer.spec import CLASS_NAMES
+from edge_infer.splits import split_files
+from train.datasets import list_busi_images
 
 
 def test_loader_finds_every_busi_image_and_no_mask(busi_root):

@@ -10,8 +10,8 @@ import pytest
 
 keras = pytest.importorskip("keras", reason="training extra ([train]) not installed")
 
-from edge_infer.datasets import load_images, split_files  # noqa: E402
 from edge_infer.preprocess import decode_image, to_model_input  # noqa: E402
+from edge_infer.splits import load_images, split_files  # noqa: E402
 from train.architectures import (  # noqa: E402
     block_names,
     classifier,
@@ -159,7 +159,7 @@ def test_site_levers_keep_range_grey_and_add_marks(busi_root):
 
 
 def test_lesion_metrics_of_a_site_without_normals():
-    from benchmarks.metrics import lesion_metrics
+    from edge_infer.metrics import lesion_metrics
 
     labels = np.array([1, 1, 2, 2])
     probs = np.array([[0.6, 0.3, 0.1], [0.1, 0.8, 0.1], [0.1, 0.5, 0.4], [0.1, 0.2, 0.7]])
@@ -171,7 +171,8 @@ def test_lesion_metrics_of_a_site_without_normals():
 
 
 def test_a_seconds_long_fit_with_a_second_site(busi_root, bus_bra_root, split_rows, tmp_path):
-    from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, models_dir, read_split
+    from edge_infer.manifest import BUS_BRA_SPLIT_FILENAME, models_dir
+    from edge_infer.splits import read_split
     from train.recipe import Site
 
     site = Site("bus_bra", read_split(models_dir() / BUS_BRA_SPLIT_FILENAME), bus_bra_root)
@@ -189,7 +190,8 @@ def test_a_seconds_long_fit_with_a_second_site(busi_root, bus_bra_root, split_ro
 
 def test_reverse_direction_trains_and_validates_on_bus_bra_only(busi_root, bus_bra_root,
                                                                 split_rows):
-    from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, models_dir, read_split
+    from edge_infer.manifest import BUS_BRA_SPLIT_FILENAME, models_dir
+    from edge_infer.splits import read_split
     from train.recipe import Site, load_run_data
 
     site = Site("bus_bra", read_split(models_dir() / BUS_BRA_SPLIT_FILENAME), bus_bra_root)

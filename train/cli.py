@@ -7,14 +7,10 @@ from pathlib import Path
 
 import click
 
-from edge_infer.datasets import (
-    BUS_BRA_SPLIT_FILENAME,
-    models_dir,
-    read_split,
-    resolve_bus_bra_dir,
-    resolve_busi_dir,
-)
+from edge_infer.manifest import BUS_BRA_SPLIT_FILENAME, models_dir
+from edge_infer.splits import read_split
 from train.architectures import ARCHITECTURES
+from train.datasets import resolve_bus_bra_dir, resolve_busi_dir
 from train.pretrained import WeightsError
 from train.recipe import TrainConfig
 

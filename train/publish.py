@@ -8,8 +8,14 @@ from pathlib import Path
 import click
 import keras
 
-from edge_infer.datasets import BUS_BRA_SPLIT_FILENAME, models_dir
-from edge_infer.manifest import drop_derived_models, file_facts, sha256_of, update_manifest
+from edge_infer.manifest import (
+    BUS_BRA_SPLIT_FILENAME,
+    drop_derived_models,
+    file_facts,
+    models_dir,
+    sha256_of,
+    update_manifest,
+)
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE
 
 

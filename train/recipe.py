@@ -15,10 +15,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from benchmarks.metrics import classification_metrics, lesion_metrics
 from edge_infer.calibration import choose_threshold
-from edge_infer.datasets import SplitRow, load_images
+from edge_infer.metrics import classification_metrics, lesion_metrics
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX, PREPROCESSING_ID
+from edge_infer.splits import SplitRow, load_images
 from train.architectures import (
     ARCHITECTURES,
     classifier,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from edge_infer.datasets import BUS_BRA_LABELS, SplitRow
+from edge_infer.splits import SplitRow
+from train.datasets import LABELS_FILENAME
 from train.split import assign_splits
 
 
 def make_bus_bra_split(root: Path, seed: int = 0) -> list[SplitRow]:
     """Split rows (group = patient) for the BUS-BRA folder at root, from its labels.csv."""
-    with open(root / BUS_BRA_LABELS, newline="") as handle:
+    with open(root / LABELS_FILENAME, newline="") as handle:
         records = list(csv.DictReader(handle))
     labels = [record["label"] for record in records]
     patients = [int(record["patient"]) for record in records]

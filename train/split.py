@@ -21,7 +21,8 @@ from PIL import Image
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from edge_infer.datasets import SplitRow, list_busi_images
+from edge_infer.splits import SplitRow
+from train.datasets import list_busi_images
 
 PHASH_SIZE = 16
 NEAR_DUPLICATE_BITS = 84

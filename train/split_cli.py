@@ -6,13 +6,8 @@ from pathlib import Path
 
 import click
 
-from edge_infer.datasets import (
-    BUS_BRA_SPLIT_FILENAME,
-    SPLIT_FILENAME,
-    models_dir,
-    resolve_bus_bra_dir,
-    resolve_busi_dir,
-)
+from edge_infer.manifest import BUS_BRA_SPLIT_FILENAME, SPLIT_FILENAME, models_dir
+from train.datasets import resolve_bus_bra_dir, resolve_busi_dir
 from train.site_split import make_bus_bra_split
 from train.split import make_split, summary, write_split
 

@@ -2,11 +2,11 @@
 
 qemu-user (Debian bookworm's 7.2) hands an aarch64 process the host's x86 /proc/cpuinfo; the
 CPU-detection code inside ai-edge-litert 2.3.0 dereferences a null pointer on it and the
-interpreter dies with SIGSEGV before loading any model. benchmarks/arm64/run.sh bind-mounts this
+interpreter dies with SIGSEGV before loading any model. tools/arm64/run.sh bind-mounts this
 text over the chroot's /proc/cpuinfo: the CPU part and revision of the Pi's core, and the
 feature flags the emulated CPU really advertises (AT_HWCAP / AT_HWCAP2).
 
-`python -m benchmarks.arm64_cpuinfo CPU HWCAP HWCAP2 PROCESSORS` prints it.
+`python -m tools.arm64.cpuinfo CPU HWCAP HWCAP2 PROCESSORS` prints it.
 """
 
 from __future__ import annotations

@@ -15,13 +15,13 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from edge_infer.api_models import ErrorMessage, Health, ManifestEntry, Prediction
-from edge_infer.body_limit import TOO_LARGE, BodySizeLimit
 from edge_infer.cam import png_data_url
 from edge_infer.decision import Mode, requested_mode
 from edge_infer.ood import OodPolicy
-from edge_infer.pool import ClassifierPool
 from edge_infer.preprocess import ImageError, NotAnImage
+from edge_infer.web.body_limit import TOO_LARGE, BodySizeLimit
+from edge_infer.web.pool import ClassifierPool
+from edge_infer.web.schema import ErrorMessage, Health, ManifestEntry, Prediction
 
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024

@@ -1,7 +1,7 @@
 """Compare two `edge-infer --json` result files, a reference (x86-64) and a candidate (arm64):
 the same images, the same model file, identical predictions, probabilities within a tolerance.
 
-`python -m benchmarks.arm64_compare REFERENCE CANDIDATE [--tolerance T]`
+`python -m tools.arm64.compare REFERENCE CANDIDATE [--tolerance T]`
 Exit codes: 0 the results agree; 1 they differ; 2 usage error or an unreadable result file.
 """
 

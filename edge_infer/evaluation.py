@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.metrics import (
+from edge_infer.classifier import Classifier
+from edge_infer.decision import Mode
+from edge_infer.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     auc_benign_vs_malignant,
@@ -33,8 +35,6 @@ from benchmarks.metrics import (
     reliability_bins,
     roc_benign_vs_malignant,
 )
-from edge_infer.classifier import Classifier
-from edge_infer.decision import Mode
 from edge_infer.preprocess import ImageError, decode_image
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
 
@@ -282,3 +282,14 @@ def summary_lines(report: dict) -> list[str]:
     lines += ["", f"Intervals: percentile bootstrap over images, {boot['resamples']} resamples, "
               f"seed {boot['seed']}. A research tool, not a diagnosis."]
     return lines
+
+
+def json_ready(value):
+    """NaN (an undefined metric) as JSON null, everywhere in a nested structure."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value

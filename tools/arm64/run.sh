@@ -11,8 +11,8 @@ ROOTFS=${ARM64_ROOTFS:-${XDG_CACHE_HOME:-$HOME/.cache}/busi-edge/arm64-rootfs}
 WORK=${ARM64_WORK:-$REPO/runs/arm64}
 BUSI=${BUSI_DIR:-$REPO/../shared/datasets/busi/Dataset_BUSI_with_GT}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-IMAGES_LIST=$REPO/benchmarks/arm64/images.txt
-REPORT=$REPO/benchmarks/reports/arm64
+IMAGES_LIST=$REPO/tools/arm64/images.txt
+REPORT=$REPO/docs/arm64
 MODELS=int8
 CPUS="cortex-a72 cortex-a76"
 TOLERANCE=0.01
@@ -28,15 +28,15 @@ BINFMT=/proc/sys/fs/binfmt_misc
 
 usage() {
   cat <<EOF
-Usage: sudo benchmarks/arm64/run.sh [options]
+Usage: sudo tools/arm64/run.sh [options]
 
 Builds (once, then cached) a Debian bookworm arm64 root file system, installs this working tree
 in it with 'python3 -m venv .venv && .venv/bin/pip install .' (the README's Raspberry Pi
 commands; the aarch64 ai-edge-litert wheel comes from PyPI), classifies the images listed in
-benchmarks/arm64/images.txt under emulated Cortex-A72 (Pi 4) and Cortex-A76 (Pi 5) CPUs, does
+tools/arm64/images.txt under emulated Cortex-A72 (Pi 4) and Cortex-A76 (Pi 5) CPUs, does
 the same on this x86-64 machine with the same model files and library versions, and compares:
 identical predictions and probabilities within the tolerance, or exit 1. Writes
-benchmarks/reports/arm64.{json,md} (max |dprob|, footprint, peak RSS). Emulated timings are
+docs/arm64.{json,md} (max |dprob|, footprint, peak RSS). Emulated timings are
 not Pi latency and are not reported as such.
 
 Needs root (debootstrap, chroot, mounts), Debian packages qemu-user-static binfmt-support
@@ -56,7 +56,7 @@ Options (environment variable in brackets):
   --serve           also pip install ".[serve]" on arm64 (in .venv-serve), run
                     'edge-infer serve --host 0.0.0.0 --workers 2 --threads 2' and compare one
                     POST /predict with x86-64
-  --no-report       do not write benchmarks/reports/arm64.{json,md}
+  --no-report       do not write docs/arm64.{json,md}
   -h, --help        this text
 EOF
 }
@@ -265,7 +265,7 @@ show_pi_cpuinfo() {  # show_pi_cpuinfo CPU: the guest's /proc/cpuinfo becomes th
   # CPU detection crashes; a real Pi shows its own, and so does this chroot.
   local cpu=$1
   in_rootfs "$cpu" "python3 -c '$read_hwcaps'" >"$WORK/arm64.$cpu.hwcap"
-  (cd "$REPO" && "$HOST_PYTHON" -m benchmarks.arm64_cpuinfo "$cpu" \
+  (cd "$REPO" && "$HOST_PYTHON" -m tools.arm64.cpuinfo "$cpu" \
     $(cat "$WORK/arm64.$cpu.hwcap") "$(nproc --all)") >"$WORK/arm64.$cpu.cpuinfo" \
     || usage_error "no Pi CPU is emulated as $cpu"
   if ((CPUINFO_MOUNTED)); then
@@ -368,7 +368,7 @@ phase_done host
   printf 'total_seconds\t%s\n' $(($(date +%s) - STARTED))
 } >"$WORK/meta.tsv"
 status=0
-(cd "$REPO" && "$HOST_PYTHON" -m benchmarks.arm64_report "$WORK" \
+(cd "$REPO" && "$HOST_PYTHON" -m tools.arm64.report "$WORK" \
   --arm64-venv "$ROOTFS$SRC_IN_ROOTFS/.venv" --tolerance "$TOLERANCE" \
   ${REPORT:+--out "$REPORT"}) || status=$?
 exit "$status"

@@ -1,6 +1,6 @@
 """The arm64 check's verdict and report: each emulated-arm64 result file compared with the x86-64
 one for the same model, plus the arm64 install footprint and peak memory, written to
-benchmarks/reports/arm64.{json,md}. Run by benchmarks/arm64/run.sh, which leaves in RUN_DIR:
+docs/arm64.{json,md}. Run by tools/arm64/run.sh, which leaves in RUN_DIR:
 
   host.<model>.jsonl, arm64.<cpu>.<model>.jsonl   `edge-infer --json` output
   host.<model>.time, arm64.<cpu>.<model>.time     GNU `time -v` of those processes
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from benchmarks.arm64_compare import (
+from tools.arm64.compare import (
     DEFAULT_TOLERANCE,
     EXIT_DIFFER,
     EXIT_UNREADABLE,
@@ -34,7 +34,7 @@ from benchmarks.arm64_compare import (
     compare,
     read_results,
 )
-from benchmarks.arm64_cpuinfo import PI_CPUS, features
+from tools.arm64.cpuinfo import PI_CPUS, features
 
 # The feature flags that decide which TFLite / XNNPACK kernels run.
 KERNEL_FEATURES = ("asimd", "fphp", "asimdhp", "asimddp", "sve", "sve2", "i8mm", "bf16")
@@ -230,7 +230,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# arm64 (Raspberry Pi) check",
         "",
-        f"Last run {report['date']} by `benchmarks/arm64/run.sh`: Debian "
+        f"Last run {report['date']} by `tools/arm64/run.sh`: Debian "
         f"{env.get('debian_arm64', '?')} arm64 under {env.get('qemu', 'qemu-user')}, "
         f"{env.get('arm64_python', '')}; reference: the same install on x86-64 "
         f"({env.get('host_cpu', '?')}). {report['images']} BUSI test images "
@@ -321,9 +321,9 @@ def render_markdown(report: dict) -> str:
 @click.option("--tolerance", type=float, default=DEFAULT_TOLERANCE, show_default=True,
               help="Largest allowed |difference| of any class probability.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write OUT.json and OUT.md (e.g. benchmarks/reports/arm64).")
+              help="Write OUT.json and OUT.md (e.g. docs/arm64).")
 def main(run_dir: Path, arm64_venv: Path, tolerance: float, out: Path | None) -> None:
-    """Compare a run of benchmarks/arm64/run.sh and print (and write) its report."""
+    """Compare a run of tools/arm64/run.sh and print (and write) its report."""
     try:
         report = build_report(run_dir, arm64_venv, check_tolerance(tolerance))
     except (ResultFileError, OSError, StopIteration, KeyError) as err:

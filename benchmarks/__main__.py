@@ -1,5 +1,0 @@
-"""`python -m benchmarks` = `busi-bench`."""
-
-from benchmarks.cli import main
-
-main()

@@ -1,5 +1,0 @@
-"""`python -m convert` = `busi-convert`."""
-
-from convert.cli import main
-
-main()
