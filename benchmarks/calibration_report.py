@@ -145,5 +145,5 @@ def site_section(root: Path, stride: int, runners: dict, n_resamples: int) -> di
     if runner is None:
         return {"skipped": f"no {SITE_VARIANT} model in the manifest"}
     classifier = runner.classifier
-    return site_simulation(root, load_external(root, stride), classifier.model.predict,
-                           classifier.calibration, classifier.model_info(), n_resamples)
+    return site_simulation(root, load_external(root, stride), runner.model.predict,
+                           classifier.calibration, classifier.model_info, n_resamples)

@@ -44,6 +44,7 @@ from edge_infer.decision import argmax_indices
 from edge_infer.preprocess import decode_image, to_model_input
 from edge_infer.rates import bootstrap_interval
 from edge_infer.spec import CLASS_NAMES
+from edge_infer.tflite_model import TFLiteModel
 
 LESION_CLASSES: tuple[str, ...] = ("benign", "malignant")
 GAUSSIAN_SIGMA_FRACTION = 0.25
@@ -125,11 +126,12 @@ def per_image_scores(files: list[Path], labels: list[str], classifier: Classifie
     inputs = np.stack([to_model_input(image) for image in decoded])
     keras_probs, keras_features, keras_head = keras_outputs(keras_model, inputs)
     keras_predicted = argmax_indices(keras_probs)
+    model = TFLiteModel(classifier.entry.path)
     rows = []
     for i, (file, label, image) in enumerate(tqdm(list(zip(files, labels, decoded)),
                                                   desc="cam maps", leave=False)):
         mask = lesion_mask(file, image.size)
-        output = classifier.run_array(inputs[i])
+        output = model.run(inputs[i])
         maps = {"int8": (output.feature_map, classifier.cam_head,
                          int(argmax_indices(output.probs[np.newaxis])[0])),
                 "keras": (keras_features[i], keras_head, int(keras_predicted[i]))}

@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks import ood_sets
+from edge_infer.calibration import apply_temperature
 from edge_infer.classifier import Classifier
 from edge_infer.inputs import labelled_csv
 from edge_infer.manifest import (
@@ -55,6 +56,7 @@ from edge_infer.ood import (
 )
 from edge_infer.preprocess import decode_image, to_model_input
 from edge_infer.splits import bus_bra_split_files, split_files
+from edge_infer.tflite_model import TFLiteModel
 from train.datasets import resolve_bus_bra_dir, resolve_busi_dir, resolve_external_dir
 
 HEADING = "## Out-of-distribution check (images that are not breast ultrasound)"
@@ -115,6 +117,7 @@ def score_sets(classifiers: dict[str, Classifier], sets: dict) -> tuple[dict, di
     """(scores[variant][set][method] arrays, names[set]): every image decoded once and run
     through every variant."""
     scores = {key: {} for key in classifiers}
+    models = {key: TFLiteModel(c.entry.path) for key, c in classifiers.items()}
     names: dict[str, list[str]] = {}
     for set_name, items in sets.items():
         rows = {key: [] for key in classifiers}
@@ -124,14 +127,15 @@ def score_sets(classifiers: dict[str, Classifier], sets: dict) -> tuple[dict, di
             model_input, colour = to_model_input(image), colour_score(image)
             names[set_name].append(name)
             for key, classifier in classifiers.items():
-                output = classifier.run_array(model_input)
-                feature = float(classifier.ood.density.score(output.pooled_features))
+                output = models[key].run(model_input)
+                check = classifier.input_check
+                feature = float(check.density.score(output.pooled_features))
                 rows[key].append((
-                    max(feature / classifier.ood.threshold,
-                        colour / classifier.ood.colour_threshold),
+                    max(feature / check.threshold, colour / check.colour_threshold),
                     feature, colour,
                     float(energy_score(classifier.cam_head.logits(output.feature_map))),
-                    float(max_softmax_score(classifier.calibrated(output.probs)))))
+                    float(max_softmax_score(apply_temperature(
+                        output.probs, classifier.calibration.temperature)))))
         for key in classifiers:
             table = np.array(rows[key], dtype=np.float64).reshape(-1, len(METHODS))
             scores[key][set_name] = dict(zip(METHODS, table.T))
@@ -160,14 +164,14 @@ def method_figures(scores: dict[str, dict[str, np.ndarray]], method: str,
 
 def variant_results(classifier: Classifier, scores: dict, names: dict) -> dict:
     """Every method's figures for one variant, and which images the shipped rule got wrong."""
-    thresholds = {"shipped": 1.0, "feature": classifier.ood.threshold,
-                  "colour": classifier.ood.colour_threshold}
+    thresholds = {"shipped": 1.0, "feature": classifier.input_check.threshold,
+                  "colour": classifier.input_check.colour_threshold}
     for method in ("energy", "max_softmax"):
         thresholds[method] = choose_threshold(scores["val"][method], TARGET_FALSE_ALARM)
     shipped = {name: values["shipped"] > 1.0 for name, values in scores.items()}
     kinds = np.array([name.rsplit("/", 1)[-1] for name in names["corrupted"]])
     return {
-        "model": classifier.model_info(),
+        "model": classifier.model_info,
         "methods": {method: method_figures(scores, method, thresholds[method])
                     for method in METHODS},
         "corrupted_by_kind": {kind: _rate(shipped["corrupted"][kinds == kind])

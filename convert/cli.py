@@ -41,7 +41,7 @@ VERIFICATION_NOTE = ("the conversion check against Keras, on uncalibrated probab
 
 
 def _predict(model: TFLiteModel, images: np.ndarray, desc: str) -> np.ndarray:
-    return np.stack([model.probabilities(image)
+    return np.stack([model.run(image).probs
                      for image in tqdm(images, desc=desc, leave=False)])
 
 

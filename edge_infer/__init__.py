@@ -1,21 +1,11 @@
-"""busi-edge light runtime: shared preprocessing and decision rule, and the TFLite classifier.
+"""busi-edge light runtime: `Classifier(model, site, threads).predict(image) -> Result`.
 
-Importing this package never imports TensorFlow or Keras.
+Importing this package never imports TensorFlow, Keras or scikit-learn.
 """
 
-from edge_infer.decision import Decision, decide
-from edge_infer.preprocess import ImageError, decode_image, preprocess_image, to_model_input
-from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, INPUT_SIZE, PREPROCESSING_ID
+from edge_infer.classifier import Classifier, Result
+from edge_infer.preprocess import ImageError
+from edge_infer.spec import CLASS_NAMES
 
-__all__ = [
-    "CLASS_NAMES",
-    "INPUT_SHAPE",
-    "INPUT_SIZE",
-    "PREPROCESSING_ID",
-    "Decision",
-    "ImageError",
-    "decide",
-    "decode_image",
-    "preprocess_image",
-    "to_model_input",
-]
+__version__ = "0.2.0"
+__all__ = ["CLASS_NAMES", "Classifier", "ImageError", "Result", "__version__"]

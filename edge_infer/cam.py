@@ -12,8 +12,9 @@ logit. The map shown is:
   interpolating twice;
 - coloured: the "turbo" colour map (Mikhailov, 2019) as a fixed 17-entry table, linearly
   interpolated to 256 levels (within 7 levels of matplotlib's turbo);
-- overlaid on the image as decoded (EXIF orientation applied): each pixel is blended with its
-  colour by alpha = 0.6 x map value, so the ultrasound shows unchanged where the map is low.
+- overlaid on the image as decoded (EXIF orientation applied), shrunk first so that its longest
+  side is at most MAX_SIDE: each pixel is blended with its colour by alpha = 0.6 x map value,
+  so the ultrasound shows unchanged where the map is low.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from PIL import Image
 from edge_infer.spec import CLASS_NAMES
 
 MAX_ALPHA = 0.6
+MAX_SIDE = 1024  # the overlay's longest side: its cost stays bounded for any accepted upload
 RESAMPLE = Image.Resampling.BILINEAR
 # matplotlib's turbo at 0, 1/16, ..., 1, rounded to 8 bits.
 TURBO_ANCHORS = np.array([
@@ -114,10 +116,20 @@ def heat_at_image_size(feature_map: np.ndarray, head: CamHead, class_index: int,
     return upsample(normalise(class_activation_map(feature_map, head.kernel, class_index)), size)
 
 
+def bounded(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
+    """The image shrunk (aspect kept) so that its longest side is at most max_side."""
+    if max(image.size) <= max_side:
+        return image
+    scale = max_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
 def heatmap_overlay(image: Image.Image, feature_map: np.ndarray, head: CamHead,
                     class_index: int) -> Image.Image:
-    """The decoded image with the class's CAM overlaid, at the image's own size."""
-    return overlay(image, heat_at_image_size(feature_map, head, class_index, image.size))
+    """The decoded image (longest side at most MAX_SIDE) with the class's CAM overlaid."""
+    shown = bounded(image)
+    return overlay(shown, heat_at_image_size(feature_map, head, class_index, shown.size))
 
 
 def png_bytes(image: Image.Image) -> bytes:

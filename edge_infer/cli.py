@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,13 +21,14 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from edge_infer import __version__
 from edge_infer.cam import png_bytes
-from edge_infer.classifier import Classifier
+from edge_infer.classifier import Classifier, Result
 from edge_infer.decision import MODES, requested_mode
 from edge_infer.inputs import expand_inputs, labelled_csv, labelled_folder
 from edge_infer.manifest import ModelError, read_manifest
 from edge_infer.ood import POLICIES, ood_message
-from edge_infer.preprocess import ImageError, decode_image, to_model_input
+from edge_infer.preprocess import ImageError
 from edge_infer.site_profile import fit_site_profile, profile_summary_lines, write_profile
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.tflite_model import InterpreterMissing
@@ -35,6 +37,7 @@ EXIT_MODEL = 1
 EXIT_UNREADABLE = 3
 EXIT_UNKNOWN_LABEL = 4
 EXIT_REFUSED = 5
+EXIT_CANNOT_LISTEN = 6
 PROGRESS_MIN_IMAGES = 10
 HEATMAP_SUFFIX = ".png"
 CLASSIFY_EXIT_CODES = (
@@ -59,7 +62,8 @@ CALIBRATE_EXIT_CODES = (
 INFO_EXIT_CODES = "Exit codes: 0 manifest listed; 1 the manifest cannot be read."
 SERVE_EXIT_CODES = (
     "Exit codes: 0 stopped (Ctrl-C); 1 the [serve] extra is not installed or the model or the "
-    "--site profile cannot be loaded; 2 usage error.")
+    "--site profile cannot be loaded; 2 usage error; 6 the address cannot be listened on (the "
+    "port is in use, or the host is not this machine's).")
 DEFAULT_THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -67,13 +71,15 @@ class DefaultToClassify(click.Group):
     """A group whose first argument, when it is not a subcommand, is an image to classify."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h",
+                                                                     "--version"):
             args = ["classify", *args]
         return super().parse_args(ctx, args)
 
 
 @click.group(cls=DefaultToClassify, context_settings={"help_option_names": ["-h", "--help"]},
              epilog="Exit codes: each command lists its own in its --help.")
+@click.version_option(__version__, "--version", prog_name="edge-infer")
 def main() -> None:
     """Classify breast-ultrasound images as normal / benign / malignant on a CPU.
 
@@ -177,21 +183,47 @@ heatmap_class_option = click.option(
     help="The class whose map --heatmap shows (default: the prediction).")
 
 
-def _table_row(name: str, result: dict) -> str:
-    probs = " ".join(f"{result['probs'][c]:>9.3f}" for c in CLASS_NAMES)
-    flags = ",".join(f for f in ("forced" if result["forced_malignant"] else "",
-                                 "uncertain" if result["uncertain"] else "",
-                                 "not-ultrasound" if result["in_distribution"] is False else "")
+CSV_FIELDS: tuple[str, ...] = (
+    "file", "prediction", "argmax_prediction", *(f"prob_{c}" for c in CLASS_NAMES),
+    "forced_malignant", "uncertain", "threshold", "margin", "temperature", "profile",
+    "in_distribution", "ood_score", "error")
+
+
+def _table_row(name: str, result: Result | None, error: str | None) -> str:
+    if result is None:
+        dashes = " ".join(f"{'-':>9}" for _ in CLASS_NAMES)
+        return f"{'error':<10} {dashes}  {'-':<16} {name}"
+    probs = " ".join(f"{result.probs[c]:>9.3f}" for c in CLASS_NAMES)
+    flags = ",".join(f for f in ("forced" if result.forced_malignant else "",
+                                 "uncertain" if result.uncertain else "",
+                                 "not-ultrasound" if result.in_distribution is False else "")
                      if f)
-    return f"{result['prediction'] or 'refused':<10} {probs}  {flags or '-':<16} {name}"
+    return f"{result.prediction or 'refused':<10} {probs}  {flags or '-':<16} {name}"
 
 
-def _csv_row(name: str, result: dict) -> list:
-    return [name, result["prediction"], result["argmax_prediction"],
-            *(f"{result['probs'][c]:.6f}" for c in CLASS_NAMES),
-            result["forced_malignant"], result["uncertain"], result["threshold"],
-            result["margin"], result["temperature"], result["profile"],
-            result["in_distribution"], result["ood_score"]]
+def _csv_row(name: str, result: Result | None, error: str | None) -> list:
+    if result is None:
+        return [name, *([""] * (len(CSV_FIELDS) - 2)), error]
+    return [name, result.prediction, result.argmax_prediction,
+            *(f"{result.probs[c]:.6f}" for c in CLASS_NAMES),
+            result.forced_malignant, result.uncertain, result.threshold,
+            result.margin, result.temperature, result.profile,
+            result.in_distribution, result.ood_score, ""]
+
+
+def _row_writer(style: str) -> Callable[[str, Result | None, str | None], None]:
+    """A function printing one output row per input (a result, or the error that stopped it),
+    after printing the header of the chosen style: table, csv or json (JSON lines)."""
+    if style == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(CSV_FIELDS)
+        return lambda name, result, error: writer.writerow(_csv_row(name, result, error))
+    if style == "json":
+        return lambda name, result, error: click.echo(json.dumps(
+            {"file": name, **result.to_dict()} if result else {"file": name, "error": error}))
+    click.echo(f"{'prediction':<10} {' '.join(f'{c:>9}' for c in CLASS_NAMES)}  "
+               f"{'flags':<16} file")
+    return lambda name, result, error: click.echo(_table_row(name, result, error))
 
 
 @main.command(epilog=CLASSIFY_EXIT_CODES)
@@ -216,59 +248,48 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
         raise click.UsageError("choose one of --json and --csv")
     mode = _chosen_mode(mode, threshold)
     found = expand_inputs(list(inputs))
-    if heatmap and len(found.files) + len(found.errors) != 1:
+    if heatmap and len(found.items) != 1:
         raise click.UsageError("--heatmap writes one image's heat-map: give exactly one image")
     classifier = load_classifier(model_name, threads, site, quiet)
     if heatmap and not classifier.has_heatmap:
         click.echo(f"error: {classifier.entry.key} gives no heat-map (no feature-map output or "
-                   "head in its manifest entry): convert it again with busi-convert", err=True)
+                   "head in its manifest entry): convert it again with python -m busi convert",
+                   err=True)
         sys.exit(EXIT_MODEL)
     say = _note_printer(quiet)
     if site or classifier.calibration.temperature is None:
         say(f"note: {calibration_note(classifier)}")
-    if classifier.ood is None:
+    if classifier.input_check is None:
         say(f"note: {classifier.entry.key} has no fitted check for images that are not breast "
-            "ultrasound (busi-ood-fit): in_distribution is null")
+            "ultrasound: in_distribution is null")
     for note in found.notes:
         say(f"note: {note}")
-    writer = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
-    if writer:
-        writer.writerow(["file", "prediction", "argmax_prediction",
-                         *(f"prob_{c}" for c in CLASS_NAMES), "forced_malignant",
-                         "uncertain", "threshold", "margin", "temperature", "profile",
-                         "in_distribution", "ood_score"])
-    elif not as_json:
-        click.echo(f"{'prediction':<10} {' '.join(f'{c:>9}' for c in CLASS_NAMES)}  "
-                   f"{'flags':<16} file")
-    failures, refused = list(found.errors), []
-    progress = tqdm(found.files, unit="img", file=sys.stderr,
-                    disable=quiet or len(found.files) < PROGRESS_MIN_IMAGES)
-    for path in progress:
+    emit = _row_writer("json" if as_json else "csv" if as_csv else "table")
+    failures, refused = [], []
+    progress = tqdm(found.items, unit="img", file=sys.stderr,
+                    disable=quiet or len(found.items) < PROGRESS_MIN_IMAGES)
+    for name, path, reason in progress:
         try:
-            decoded = decode_image(path)
-            record, output = classifier.answer(decoded.image, mode, threshold, ood_policy)
+            if path is None:
+                raise ImageError(reason)
+            result = classifier.predict(path, mode, threshold, ood_policy,
+                                        heatmap=(heatmap_class or True) if heatmap else False)
         except ImageError as err:
-            failures.append((str(path), str(err)))
+            failures.append((name, str(err)))
+            emit(name, None, str(err))
             continue
-        for note in decoded.notes:
+        for note in result.notes:
             say(f"note: {path}: {note}")
-        result = {"file": str(path), **record}
-        if result["in_distribution"] is False:
-            tqdm.write(f"{'refused' if result['refused'] else 'warning'}: "
-                       f"{ood_message(str(path), result)}", file=sys.stderr)
-            refused += [path] if result["refused"] else []
-        if as_json:
-            click.echo(json.dumps(result))
-        elif writer:
-            writer.writerow(_csv_row(str(path), result))
-        else:
-            click.echo(_table_row(str(path), result))
-        if heatmap and result["refused"]:
+        if result.in_distribution is False:
+            tqdm.write(f"{'refused' if result.refused else 'warning'}: "
+                       f"{ood_message(str(path), result.to_dict())}", file=sys.stderr)
+            refused += [path] if result.refused else []
+        emit(str(path), result, None)
+        if heatmap and result.refused:
             say(f"note: no heat-map written for {path}: refused as not breast ultrasound "
                 "(--ood warn labels it and draws one)")
-        elif heatmap:
-            label = heatmap_class or result["prediction"]
-            _write_heatmap(classifier.heatmap(decoded.image, output, label), heatmap, label, say)
+        elif result.heatmap is not None:
+            _write_heatmap(result.heatmap, heatmap, heatmap_class or result.prediction, say)
     for name, reason in failures:
         click.echo(f"error: {name}: {reason}", err=True)
     if failures or refused:
@@ -429,6 +450,22 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why host:port cannot be listened on (in use, not this machine's address), or None."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        return str(err.strerror or err)
+    family, kind, _, _, address = infos[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            return str(err.strerror or err)
+    return None
+
+
 @main.command(epilog=SERVE_EXIT_CODES)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. The app has no authentication: keep it on loopback "
@@ -461,6 +498,10 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
     except (ModelError, InterpreterMissing, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_MODEL)
+    problem = _cannot_listen(host, port)
+    if problem:
+        click.echo(f"error: cannot listen on {host}:{port}: {problem}", err=True)
+        sys.exit(EXIT_CANNOT_LISTEN)
     if host not in LOOPBACK_HOSTS:
         click.echo(f"note: listening on {host}: anyone who can reach it can use it "
                    "(no authentication)", err=True)
@@ -513,8 +554,7 @@ def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name
                     disable=quiet or len(found.items) < PROGRESS_MIN_IMAGES)
     for image_path, label in progress:
         try:
-            decoded = decode_image(image_path)
-            raw.append(classifier.model.probabilities(to_model_input(decoded.image)))
+            raw.append(classifier.predict_proba(image_path, calibrated=False))
         except ImageError as err:
             failures.append((str(image_path), str(err)))
             continue
@@ -528,7 +568,7 @@ def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name
                                                           + found.unlabelled)}
     try:
         profile = fit_site_profile(np.array(raw).reshape(-1, len(CLASS_NAMES)),
-                                   np.array(labels, dtype=np.int64), classifier.model_info(),
+                                   np.array(labels, dtype=np.int64), classifier.model_info,
                                    source, n_resamples=resamples)
     except ValueError as err:  # no malignant image read, or too few images (no profile)
         click.echo(f"error: {err}", err=True)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from edge_infer.classifier import Classifier
 from edge_infer.decision import Mode
+from edge_infer.manifest import BUS_BRA_SPLIT_FILENAME, SPLIT_FILENAME, models_dir
 from edge_infer.metrics import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -35,8 +36,9 @@ from edge_infer.metrics import (
     reliability_bins,
     roc_benign_vs_malignant,
 )
-from edge_infer.preprocess import ImageError, decode_image
+from edge_infer.preprocess import ImageError
 from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
+from edge_infer.splits import read_split
 
 SCHEMA_VERSION = 1
 INTERVAL_KEYS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_f1", "malignant_recall",
@@ -66,21 +68,30 @@ def classify_labelled(classifier: Classifier, items: list[tuple[Path, str]], mod
     """Decode, preprocess and classify each (image, label) exactly as `edge-infer classify`
     does; unreadable images are collected, not raised. A progress bar on stderr if asked."""
     done = Predictions()
-    per_run = {"model", *classifier.calibration_info()}  # in the report once, not per image
+    per_run = {"model", *classifier.calibration.info()}  # in the report once, not per image
     for path, label in tqdm(items, unit="img", file=sys.stderr, disable=not progress):
         try:
-            decoded = decode_image(path)
             # labelled anyway ("warn"): every figure covers every image, as before the check
-            record, _ = classifier.answer(decoded.image, mode, threshold, "warn")
+            record = classifier.predict(path, mode, threshold, "warn").to_dict()
         except ImageError as err:
             done.failures.append((str(path), str(err)))
             continue
-        for note in decoded.notes:
+        for note in record["notes"]:
             say(f"note: {path}: {note}")
         done.files.append(str(path))
         done.labels.append(CLASS_NAMES.index(label))
         done.decisions.append({k: v for k, v in record.items() if k not in per_run})
     return done
+
+
+def seen_in_fitting(files: list[str], folder: Path | None = None) -> list[str]:
+    """The files whose names are images of a shipped split's train or validation part (BUSI's
+    or BUS-BRA's): the model was fitted or tuned on them, so its figures there flatter it."""
+    folder = folder or models_dir()
+    seen = {Path(row.file).name for name in (SPLIT_FILENAME, BUS_BRA_SPLIT_FILENAME)
+            if (folder / name).is_file()
+            for row in read_split(folder / name) if row.split in ("train", "val")}
+    return [file for file in files if Path(file).name in seen]
 
 
 def out_of_distribution(files: list[str], decisions: list[dict]) -> dict:
@@ -181,8 +192,8 @@ def build_report(classifier: Classifier, predictions: Predictions, mode: str,
     y_true = np.array(predictions.labels, dtype=np.int64)
     report = {
         "schema_version": SCHEMA_VERSION,
-        "model": classifier.model_info(),
-        **classifier.calibration_info(),
+        "model": classifier.model_info,
+        **classifier.calibration.info(),
         "source": source,
         "mode": mode,
         "threshold": threshold,
@@ -193,6 +204,7 @@ def build_report(classifier: Classifier, predictions: Predictions, mode: str,
         "errors": errors,
         "notes": notes,
         "out_of_distribution": out_of_distribution(predictions.files, predictions.decisions),
+        "seen_in_fitting": seen_in_fitting(predictions.files),
         "predictions": [{"file": file, "label": CLASS_NAMES[label], **decision}
                         for file, label, decision in zip(predictions.files, predictions.labels,
                                                          predictions.decisions)],
@@ -236,11 +248,15 @@ def summary_lines(report: dict) -> list[str]:
                  + f", profile {report['profile']}")
     if report["errors"]:
         lines.append(f"Not evaluated: {len(report['errors'])} input(s), named on stderr")
+    if report["seen_in_fitting"]:
+        lines.append(f"warning: {len(report['seen_in_fitting'])} of these images are named like "
+                     "images of the model's own training or validation split: its figures on "
+                     "them flatter it (evaluate on images it has not seen)")
     ood = report["out_of_distribution"]
     lines.append(f"Not like breast ultrasound (the model's check, edge-infer would refuse them): "
                  f"{ood['flagged']} of {ood['n']} images, included in the figures below"
                  if ood["checked"] else "Not checked for being breast ultrasound (the model "
-                 "has no fitted check: busi-ood-fit)")
+                 "has no fitted check)")
     lines += [
         f"Malignant calls: {rule}. Accuracy, per-class figures and the confusion matrix use "
         "argmax.",

@@ -16,11 +16,15 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", "
 
 @dataclass
 class Inputs:
-    """Images found, notes for the user, and (input, reason) pairs that yielded nothing."""
+    """What the command line names, in order: an image file (path, None) or an argument that
+    yielded nothing (argument, reason); and notes for the user."""
 
-    files: list[Path] = field(default_factory=list)
+    items: list[tuple[str, Path | None, str | None]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return [path for _, path, _ in self.items if path is not None]
 
 
 def expand_inputs(arguments: list[str]) -> Inputs:
@@ -43,12 +47,12 @@ def expand_inputs(arguments: list[str]) -> Inputs:
                                    f"images by extension (e.g. {others[0].name}); give a file "
                                    "by name to classify it whatever its extension")
             if not images:
-                found.errors.append((argument, "folder holds no image files"))
-            found.files.extend(images)
+                found.items.append((argument, None, "folder holds no image files"))
+            found.items.extend((str(image), image, None) for image in images)
         elif path.exists():
-            found.files.append(path)
+            found.items.append((argument, path, None))
         else:
-            found.errors.append((argument, "no such file or folder"))
+            found.items.append((argument, None, "no such file or folder"))
     return found
 
 

@@ -126,10 +126,6 @@ class TFLiteModel:
             return ModelOutput(probs)
         return ModelOutput(probs, self._read(self.feature_output))
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities (3,) of one preprocessed uint8 image (224, 224, 3)."""
-        return self.run(image).probs
-
     def _read(self, detail: dict) -> np.ndarray:
         """One output tensor of the last invoke, batch dimension dropped, dequantized."""
         raw = self.interpreter.get_tensor(detail["index"])[0]
@@ -140,7 +136,7 @@ class TFLiteModel:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (N, 3) for a stack of preprocessed images."""
-        return np.stack([self.probabilities(image) for image in images])
+        return np.stack([self.run(image).probs for image in images])
 
 
 def _outputs_by_rank(path: str, details: list[dict]) -> tuple[dict, dict | None]:

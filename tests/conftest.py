@@ -9,7 +9,6 @@ import pytest
 
 from edge_infer.classifier import Classifier
 from edge_infer.manifest import ModelError, read_manifest
-from edge_infer.preprocess import decode_image
 from edge_infer.splits import read_split
 from train.datasets import resolve_bus_bra_dir, resolve_busi_dir
 
@@ -56,13 +55,14 @@ def not_ultrasound(tmp_path_factory: pytest.TempPathFactory, classifier: Classif
     are tested apart, against the report)."""
     from benchmarks.ood_sets import synthetic_images
 
-    if classifier.ood is None:
-        pytest.fail(f"{classifier.entry.key} has no OOD check in the manifest: run busi-ood-fit")
+    if classifier.input_check is None:
+        pytest.fail(f"{classifier.entry.key} has no input check in the manifest: run "
+                    "python -m busi convert")
     folder = tmp_path_factory.mktemp("ood")
     for named in synthetic_images():
         if "text" in named.name or "screenshot" in named.name:
             path = folder / f"{named.name.split('/')[-1]}.png"
             named.image.save(path)
-            if classifier.answer(decode_image(path).image)[0]["in_distribution"] is False:
+            if classifier.predict(path).in_distribution is False:
                 return path
     raise AssertionError("the shipped check flags no synthetic text or screenshot image")

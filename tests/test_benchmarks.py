@@ -388,7 +388,7 @@ def test_quick_run_reports_calibration_and_the_site_simulation(
     # the benchmark's int8 probabilities are the runtime's calibrated ones
     if "tflite-int8" in results["variants"]:
         classifier = Classifier(f"{results['arch']}/int8")
-        expected = [classifier.classify(busi_root / file).probs
+        expected = [classifier.predict(busi_root / file).probs
                     for file in results["data"]["test_files"]]
         reported = results["variants"]["tflite-int8"]["test_probs"]
         for mine, theirs in zip(reported, expected):

@@ -354,11 +354,11 @@ def test_every_shipped_tflite_model_has_a_temperature_fitted_on_validation(
         assert info["temperature_fit"]["sets"] == described["sets"]
         assert info["temperature_fit"]["images"] == len(labels)
         classifier = Classifier(key, threads=2)
-        raw = classifier.model.predict(images)
+        raw = np.stack([classifier.predict_proba(i, calibrated=False) for i in images])
         fit = fit_calibration(raw, labels)
         assert fit.temperature == pytest.approx(info["temperature"], rel=1e-6), key
         assert fit.threshold == info["threshold"] == classifier.threshold, key
-        calibrated = np.stack([classifier.probabilities(image) for image in images])
+        calibrated = np.stack([classifier.predict_proba(image) for image in images])
         assert np.array_equal(calibrated, apply_temperature(raw, info["temperature"]))
         recall, _ = malignant_recall_specificity(labels, malignant_called(calibrated,
                                                                           fit.threshold))
@@ -397,7 +397,7 @@ def few_images(busi_root: Path) -> list[Path]:
 
 
 def raw_and_expected(classifier: Classifier, paths: list[Path]) -> np.ndarray:
-    raw = np.stack([classifier.model.probabilities(preprocess_image(p)) for p in paths])
+    raw = np.stack([classifier.predict_proba(preprocess_image(p), calibrated=False) for p in paths])
     return apply_temperature(raw, classifier.calibration.temperature)
 
 
@@ -418,7 +418,7 @@ def test_cli_server_evaluate_and_benchmark_apply_the_same_temperature(
     assert temperature == resolve_model("int8").info["temperature"]
     # the Python API
     for path, probs in zip(few_images, expected):
-        assert probs_of(classifier.classify(path).to_dict()) == probs.tolist()
+        assert probs_of(classifier.predict(path).to_dict()) == probs.tolist()
     # the CLI
     result = run("--json", *few_images)
     assert_exit(result, 0)
@@ -459,7 +459,7 @@ def test_cli_server_evaluate_and_benchmark_apply_the_same_temperature(
 def test_uncertain_and_forced_malignant_follow_the_calibrated_probabilities(
         classifier: Classifier, few_images: list[Path]) -> None:
     for path, probs in zip(few_images, raw_and_expected(classifier, few_images)):
-        decision = classifier.classify(path, mode="high-sensitivity")
+        decision = classifier.predict(path, mode="high-sensitivity")
         ranked = sorted(probs, reverse=True)
         assert decision.uncertain == (ranked[0] - ranked[1] < 0.2)
         assert decision.threshold == classifier.threshold
@@ -498,14 +498,14 @@ def test_calibrate_writes_a_profile_for_the_clinics_images(site_profile, site_fo
     assert_exit(result, 0)
     profile = json.loads(out.read_text())
     assert set(profile) == PROFILE_KEYS
-    assert profile["model"] == classifier.model_info()
+    assert profile["model"] == classifier.model_info
     assert profile["counts"] == {"normal": 10, "benign": 20, "malignant": 20, "total": 50}
     assert profile["source"] == {"kind": "folder", "path": str(site_folder.resolve()),
                                  "description": "test clinic", "not_used": 0}
     paths = sorted(site_folder.rglob("*.png"), key=lambda p: (CLASS_NAMES.index(p.parent.name),
                                                              p))
     labels = np.array([CLASS_NAMES.index(p.parent.name) for p in paths])
-    raw = np.stack([classifier.model.probabilities(preprocess_image(p)) for p in paths])
+    raw = np.stack([classifier.predict_proba(preprocess_image(p), calibrated=False) for p in paths])
     fit = fit_calibration(raw, labels)
     assert profile["temperature"] == pytest.approx(fit.temperature, rel=1e-9)
     assert profile["threshold"] == fit.threshold
@@ -607,7 +607,7 @@ def test_classify_with_a_site_profile_uses_and_names_it(site_profile, site_folde
     name = f"clinic.json (sha256 {sha256_of(out)[:12]})"
     assert (line["profile"], line["temperature"]) == (name, profile["temperature"])
     assert line["threshold"] == profile["threshold"]
-    raw = classifier.model.probabilities(preprocess_image(image))
+    raw = classifier.predict_proba(preprocess_image(image), calibrated=False)
     assert probs_of(line) == apply_temperature(raw, profile["temperature"]).tolist()
     assert f"note: probabilities calibrated with temperature {profile['temperature']:.3f}" in \
         result.stderr

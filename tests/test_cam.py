@@ -5,6 +5,7 @@ pointing game on real lesion masks, and `edge-infer --heatmap` / the web API's h
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import shutil
@@ -59,6 +60,12 @@ LESION_SAMPLE = 24  # every 4th lesion test image: the real-data tests stay quic
 
 # TensorFlow's note on every uint8-input conversion (the int8 model's input is checked).
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
+
+
+@functools.cache
+def interpreter(classifier: Classifier) -> TFLiteModel:
+    """The classifier's model file on an interpreter of its own: its raw outputs."""
+    return TFLiteModel(classifier.entry.path)
 
 
 def size_of(path: Path) -> tuple[int, int]:
@@ -198,7 +205,7 @@ def test_a_single_output_model_has_no_feature_map(hand_built, colour_image, tmp_
     output = tflite.run(colour_image)
     assert output.feature_map is None and output.pooled_features is None
     assert "feature_map" not in tflite.io_spec()
-    np.testing.assert_array_equal(output.probs, tflite.probabilities(colour_image))
+    np.testing.assert_array_equal(output.probs, tflite.run(colour_image).probs)
 
 
 def test_head_file_is_reproducible_and_checked(hand_built, tmp_path) -> None:
@@ -299,7 +306,7 @@ def test_shipped_feature_map_and_head_give_the_models_probabilities(
         pytest.skip("the shipped int8 model has no feature-map output (run busi-convert)")
     step = classifier.entry.info["output"]["quantization"]["scale"]
     for row in lesion_rows[:8]:
-        output = classifier.run_array(preprocess_image(busi_root / row.file))
+        output = interpreter(classifier).run(preprocess_image(busi_root / row.file))
         assert output.feature_map.shape == (7, 7, classifier.cam_head.kernel.shape[0])
         logits = classifier.cam_head.logits(output.feature_map)
         probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
@@ -318,7 +325,7 @@ def test_pointing_game_is_computed_from_the_real_masks(scored: list[dict], lesio
         for mask in masks:
             union |= grey(mask) > 127
         assert 0 < union.mean() < 1
-        output = classifier.run_array(to_model_input(image))
+        output = interpreter(classifier).run(to_model_input(image))
         predicted = int(argmax_indices(output.probs[np.newaxis])[0])
         heat = heat_at_image_size(output.feature_map, classifier.cam_head, predicted, image.size)
         peak = np.unravel_index(heat.argmax(), heat.shape)
@@ -400,9 +407,7 @@ def test_cli_heatmap_has_the_images_size_and_leaves_the_result_alone(
     with Image.open(out) as written:
         assert written.format == "PNG" and written.size == size_of(scan)
         written = written.copy()
-    expected = classifier.heatmap(decode_image(scan).image,
-                                  classifier.run_array(preprocess_image(scan)),
-                                  result["prediction"])
+    expected = classifier.predict(scan, ood="warn", heatmap=result["prediction"]).heatmap
     assert np.array_equal(np.asarray(written), np.asarray(expected))
 
 
@@ -420,7 +425,7 @@ def test_cli_heatmap_of_an_exif_rotated_image_is_drawn_on_it_as_displayed(
     assert result.exit_code == 0, result.output
     written = rgb(out).astype(int)
     assert written.shape == (displayed.height, displayed.width, 3)
-    heat = heat_at_image_size(classifier.run_array(to_model_input(displayed)).feature_map,
+    heat = heat_at_image_size(interpreter(classifier).run(to_model_input(displayed)).feature_map,
                               classifier.cam_head, CLASS_NAMES.index("benign"), displayed.size)
     assert np.array_equal(written, np.asarray(overlay(displayed, heat)).astype(int))
     # the overlay only tints the displayed image: by at most MAX_ALPHA x map value of the range
@@ -559,8 +564,7 @@ def test_api_heatmap_is_asked_for_and_has_the_uploads_size(client, classifier: C
     prefix = "data:image/png;base64,"
     assert heatmap["png"].startswith(prefix)
     png = Image.open(io.BytesIO(base64.b64decode(heatmap["png"][len(prefix):])))
-    expected = classifier.heatmap(displayed, classifier.run_array(to_model_input(displayed)),
-                                  body["prediction"])
+    expected = classifier.predict(rotated, ood="warn", heatmap=body["prediction"]).heatmap
     assert np.array_equal(np.asarray(png), np.asarray(expected))
     assert client.post("/predict", files=files,
                        data={"heatmap": "false"}).json() == plain.json()

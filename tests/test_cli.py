@@ -38,20 +38,20 @@ from edge_infer.cli import (
 from edge_infer.decision import argmax_indices, decide
 from edge_infer.manifest import MANIFEST_FILENAME, ModelError, resolve_model
 from edge_infer.ood import ood_fields
-from edge_infer.preprocess import decode_image
 from edge_infer.spec import CLASS_NAMES, UNCERTAIN_MARGIN
 from edge_infer.splits import split_files
 
 DECISION_KEYS = ("prediction", "argmax_prediction", "forced_malignant", "mode", "threshold",
                  "probs", "prob_malignant", "top2", "margin", "uncertain")
-RESULT_KEYS = {*DECISION_KEYS, "file", "model", "temperature", "profile",
+RESULT_KEYS = {*DECISION_KEYS, "file", "model", "temperature", "profile", "notes",
                *ood_fields(None, "refuse")}
 MODEL_KEYS = {"key", "variant", "sha256"}
-RECORD_KEYS = [*DECISION_KEYS, "model", "temperature", "profile", *ood_fields(None, "refuse")]
+RECORD_KEYS = [*DECISION_KEYS, "model", "temperature", "profile", *ood_fields(None, "refuse"),
+               "notes"]
 PER_RUN_KEYS = ("model", "temperature", "profile")  # evaluate states them once per report
 CSV_HEADER = ["file", "prediction", "argmax_prediction", "prob_normal", "prob_benign",
               "prob_malignant", "forced_malignant", "uncertain", "threshold", "margin",
-              "temperature", "profile", "in_distribution", "ood_score"]
+              "temperature", "profile", "in_distribution", "ood_score", "error"]
 PROB_TOLERANCE = 1e-6
 IMAGES_PER_CLASS = {"normal": 3, "benign": 4, "malignant": 3}
 ORIENTATION_TAG = 0x0112
@@ -197,7 +197,7 @@ def borderline(classifier: Classifier, busi_root: Path) -> tuple[Path, dict]:
     """The first BUSI test image whose argmax is not malignant but prob_malignant > 0."""
     for row in split_files("test"):
         path = busi_root / row.file
-        result = classifier.classify(path).to_dict()
+        result = classifier.predict(path).to_dict()
         if result["argmax_prediction"] != "malignant" and result["prob_malignant"] > 0.0:
             return path, result
     pytest.skip("the model gives no BUSI test image a non-malignant argmax with "
@@ -260,7 +260,7 @@ def one_line(text: str) -> str:
     ("evaluate", EVALUATE_EXIT_CODES, ["0", "1", "2", "3", "4"]),
     ("calibrate", CALIBRATE_EXIT_CODES, ["0", "1", "2", "3", "4"]),
     ("info", INFO_EXIT_CODES, ["0", "1"]),
-    ("serve", SERVE_EXIT_CODES, ["0", "1", "2"]),
+    ("serve", SERVE_EXIT_CODES, ["0", "1", "2", "6"]),
 ], ids=["classify", "evaluate", "calibrate", "info", "serve"])
 def test_help_lists_each_commands_exit_codes(command: str, epilog: str,
                                              codes: list[str]) -> None:
@@ -282,7 +282,7 @@ def test_quiet_console_script_prints_nothing_on_stderr(classifier: Classifier,
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     [line] = json_lines(done.stdout)
-    assert_matches_api(line, classifier.classify(scan).to_dict())
+    assert_matches_api(line, classifier.predict(scan).to_dict())
 
 
 def test_silencing_native_stderr_restores_fd_2_and_lets_exceptions_through() -> None:
@@ -332,7 +332,7 @@ def test_json_equals_the_python_api(classifier: Classifier, manifest: dict,
     key = model_key(manifest, "int8")
     for line, path in zip(lines, test_images):
         assert_consistent(line)
-        assert_matches_api(line, classifier.classify(path).to_dict())
+        assert_matches_api(line, classifier.predict(path).to_dict())
         assert line["model"] == {"key": key, "variant": "int8",
                                  "sha256": manifest["models"][key]["sha256"]}
 
@@ -347,7 +347,7 @@ def test_json_lines_are_the_classifiers_answer(classifier: Classifier, test_imag
     lines = result.stdout.splitlines()
     assert len(lines) == len(images)
     for line, path in zip(lines, images):
-        record, _ = classifier.answer(decode_image(path).image)
+        record = classifier.predict(path).to_dict()
         assert line == json.dumps({"file": str(path), **record})
         assert list(json.loads(line)) == ["file", *RECORD_KEYS]
     refused = json.loads(lines[-1])
@@ -365,7 +365,7 @@ def test_csv_header_and_rows(classifier: Classifier, test_images: list[Path]) ->
     assert reader.fieldnames == CSV_HEADER
     assert [row["file"] for row in rows] == [str(path) for path in images]
     for row, path in zip(rows, images):
-        api = classifier.classify(path).to_dict()
+        api = classifier.predict(path).to_dict()
         assert (row["prediction"], row["argmax_prediction"]) == (api["prediction"],
                                                                  api["argmax_prediction"])
         for name in CLASS_NAMES:
@@ -386,7 +386,7 @@ def test_default_table(classifier: Classifier, test_images: list[Path]) -> None:
     assert len(rows) == len(images)
     for row, path in zip(rows, images):
         prediction, *probs, flags, name = row.split(None, 5)
-        api = classifier.classify(path).to_dict()
+        api = classifier.predict(path).to_dict()
         assert name == str(path)
         assert prediction == api["prediction"]
         for text, label in zip(probs, CLASS_NAMES):
@@ -412,7 +412,7 @@ def test_other_variants_report_their_own_model(variant: str, manifest: dict,
         assert_consistent(line)
         assert line["model"] == {"key": key, "variant": variant,
                                  "sha256": manifest["models"][key]["sha256"]}
-        assert_matches_api(line, api.classify(path).to_dict())
+        assert_matches_api(line, api.predict(path).to_dict())
 
 
 # --- models: names, files and the manifest -------------------------------------------------
@@ -543,7 +543,7 @@ def test_folder_recursion_masks_and_other_files(classifier: Classifier, test_ima
     assert [line["file"] for line in lines] == [str(p) for p in sorted(images)]
     for line, path in zip(lines, sorted(images)):
         assert_consistent(line)
-        assert_matches_api(line, classifier.classify(path).to_dict())
+        assert_matches_api(line, classifier.predict(path).to_dict())
     assert f"note: {folder}: skipped 2 BUSI mask file(s)" in result.stderr.splitlines()
     assert [line for line in result.stderr.splitlines() if "not images by extension" in line] \
         == [f"note: {folder}: skipped 3 file(s) that are not images by extension (e.g. "
@@ -569,7 +569,7 @@ def test_a_png_without_an_extension_is_skipped_in_a_folder_with_a_note(
     by_name = run("--json", folder / "noext")  # named on the command line: classified
     assert_exit(by_name, 0)
     [line] = json_lines(by_name.stdout)
-    assert_matches_api(line, classifier.classify(scan).to_dict())
+    assert_matches_api(line, classifier.predict(scan).to_dict())
 
 
 def test_progress_bar_goes_to_stderr_only(manifest: dict, scans_folder: Path) -> None:
@@ -680,8 +680,9 @@ def test_an_unreadable_input_is_one_error_line_and_exit_3(make: BadInputMaker,
     bad = make(tmp_path, scan)
     result = run("--json", bad)
     assert_exit(result, 3)
-    assert result.stdout == ""
-    assert_one_error(result.stderr, f"error: {bad}: ")
+    [row] = json_lines(result.stdout)  # one row per input, the unreadable one included
+    assert row["file"] == str(bad) and set(row) == {"file", "error"}
+    assert_one_error(result.stderr, f"error: {bad}: {row['error']}")
 
 
 def test_bad_inputs_are_each_named_and_good_ones_still_classified(
@@ -690,7 +691,9 @@ def test_bad_inputs_are_each_named_and_good_ones_still_classified(
     good = test_images[:2]
     result = run("--json", good[0], *bad, good[1])
     assert_exit(result, 3)
-    assert [line["file"] for line in json_lines(result.stdout)] == [str(p) for p in good]
+    rows = json_lines(result.stdout)
+    assert [row["file"] for row in rows] == [str(p) for p in (good[0], *bad, good[1])]
+    assert ["error" in row for row in rows] == [False, *[True] * len(bad), False]
     errors = error_lines(result.stderr)
     assert len(errors) == len(bad)
     for path in bad:
@@ -712,7 +715,9 @@ def test_a_file_that_cannot_be_opened_is_exit_3(manifest: dict, test_images: lis
     monkeypatch.setattr(builtins, "open", deny)
     result = run("--json", locked, test_images[1])
     assert_exit(result, 3)
-    assert [line["file"] for line in json_lines(result.stdout)] == [str(test_images[1])]
+    rows = json_lines(result.stdout)
+    assert [row["file"] for row in rows] == [str(locked), str(test_images[1])]
+    assert "Permission denied" in rows[0]["error"] and "error" not in rows[1]
     assert_one_error(result.stderr, f"error: {locked}: ", "Permission denied")
 
 
@@ -787,7 +792,7 @@ def test_an_odd_but_valid_image_is_classified(make: ImageBuilder,
     assert_exit(result, 0)
     [line] = json_lines(result.stdout)
     assert_consistent(line)
-    assert_matches_api(line, classifier.classify(path).to_dict())
+    assert_matches_api(line, classifier.predict(path).to_dict())
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     if make is animated_gif:
         assert notes == [f"note: {path}: multi-frame image (2 frames): used the first frame"]
@@ -848,14 +853,14 @@ def test_console_script_json_for_one_image(classifier: Classifier, scan: Path) -
     [line] = json_lines(done.stdout)
     assert line["file"] == str(scan)
     assert_consistent(line)
-    assert_matches_api(line, classifier.classify(scan).to_dict())
+    assert_matches_api(line, classifier.predict(scan).to_dict())
 
 
 def test_console_script_bad_file_is_exit_3(manifest: dict, tmp_path: Path, scan: Path) -> None:
     bad = text_named_png(tmp_path, scan)
     done = run_script("--json", bad)
     assert done.returncode == 3, done.stderr
-    assert done.stdout == ""
+    assert json.loads(done.stdout) == {"file": str(bad), "error": "not an image Pillow can read"}
     assert "Traceback" not in done.stderr
     assert_one_error(done.stderr, f"error: {bad}: ")
 
@@ -874,7 +879,7 @@ def test_console_script_from_another_directory(manifest: dict, scans_folder: Pat
 
 def test_classifying_does_not_import_tensorflow(manifest: dict, scan: Path) -> None:
     code = ("import sys; from edge_infer.classifier import Classifier; "
-            "Classifier('int8').classify(sys.argv[1])")
+            "Classifier('int8').predict(sys.argv[1])")
     assert modules_loaded_by(code, HEAVY_MODULES, scan) == "[]"
 
 
@@ -934,7 +939,7 @@ def test_evaluate_predictions_are_the_classifiers_answer(classifier: Classifier,
     assert_exit(result, 0)
     assert [p["file"] for p in report["predictions"]] == [str(path) for path in images]
     for prediction, path in zip(report["predictions"], images):
-        record, _ = classifier.answer(decode_image(path).image, ood_policy="warn")
+        record = classifier.predict(path, ood="warn").to_dict()
         assert {key: record[key] for key in PER_RUN_KEYS} == {
             "model": report["model"], "temperature": report["temperature"],
             "profile": report["profile"]}
@@ -950,7 +955,7 @@ def expected_figures(classifier: Classifier, images: list[Path], labels: list[st
     from sklearn import metrics
 
     y = np.array([CLASS_NAMES.index(label) for label in labels])
-    probs = np.array([[classifier.classify(p).probs[c] for c in CLASS_NAMES] for p in images])
+    probs = np.array([[classifier.predict(p).probs[c] for c in CLASS_NAMES] for p in images])
     y_pred = argmax_indices(probs)
     called = y_pred == 2 if threshold is None else (y_pred == 2) | (probs[:, 2] >= threshold)
     lesion = y != 0
@@ -983,7 +988,8 @@ def assert_evaluation_schema(report: dict, n_images: int) -> None:
     assert set(report["intervals_95"]) == INTERVAL_KEYS
     assert report["bootstrap"] == {"resamples": int(FEW_RESAMPLES), "seed": 0, "level": 0.95}
     for prediction in report["predictions"]:
-        assert set(prediction) == {*DECISION_KEYS, "file", "label", *ood_fields(None, "warn")}
+        assert set(prediction) == {*DECISION_KEYS, "file", "label", *ood_fields(None, "warn"),
+                                   "notes"}
         assert prediction["label"] in CLASS_NAMES
     for error in report["errors"]:
         assert set(error) == {"input", "reason", "kind"}
@@ -1052,7 +1058,7 @@ def tied_scan(classifier: Classifier, busi_root: Path) -> tuple[Path, dict]:
     """The first BUSI image whose two largest probabilities are equal (the int8 model's
     dequantized outputs tie), and its decision."""
     for row in split_files("val") + split_files("test") + split_files("train"):
-        decision = classifier.classify(busi_root / row.file).to_dict()
+        decision = classifier.predict(busi_root / row.file).to_dict()
         first, second = decision["top2"]
         if first["prob"] == second["prob"]:
             return busi_root / row.file, decision

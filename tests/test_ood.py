@@ -36,7 +36,7 @@ from edge_infer.ood import (
     max_softmax_score,
     ood_fields,
 )
-from edge_infer.preprocess import ImageSource, decode_image
+from edge_infer.preprocess import ImageSource
 from edge_infer.splits import split_files
 from edge_infer.web.app import create_app
 
@@ -169,13 +169,13 @@ def test_threshold_flags_the_allowed_share_midway_between_scores() -> None:
 
 def record_of(classifier: Classifier, source: ImageSource) -> dict:
     """The result record `edge-infer --json` gives for one image (less `file`)."""
-    return classifier.answer(decode_image(source).image)[0]
+    return classifier.predict(source).to_dict()
 
 
 @pytest.fixture(scope="module")
 def checked(classifier: Classifier) -> Classifier:
     """The shipped int8 classifier, which must have a fitted check."""
-    assert classifier.ood is not None, (f"{classifier.entry.key} has no OOD check in the "
+    assert classifier.input_check is not None, (f"{classifier.entry.key} has no OOD check in the "
                                         "manifest: run busi-ood-fit")
     return classifier
 
@@ -256,7 +256,7 @@ def test_a_model_without_a_fitted_check_says_so(manifest: dict, scan: Path,
     manifest_file = copied_models(tmp_path, manifest, None)
     unchecked = Classifier("int8", manifest_file=manifest_file)
     result = record_of(unchecked, scan)
-    assert unchecked.ood is None
+    assert unchecked.input_check is None
     assert {k: result[k] for k in ood_fields(None, "refuse")} == ood_fields(None, "refuse")
     assert result["prediction"] is not None
 

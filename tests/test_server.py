@@ -24,14 +24,12 @@ from click.testing import CliRunner
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from edge_infer.classifier import Classifier
+from edge_infer.classifier import Classifier, Result
 from edge_infer.cli import main
 from edge_infer.decision import Decision, Mode, decide
 from edge_infer.ood import OodPolicy, ood_fields
-from edge_infer.preprocess import decode_image
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.splits import split_files
-from edge_infer.tflite_model import ModelOutput
 from edge_infer.web.app import FORM_OVERHEAD_BYTES, STATIC_DIR, create_app
 
 SMALL_LIMIT = 2000  # bytes: every BUSI image is larger
@@ -107,7 +105,7 @@ def post(client: TestClient | httpx.Client, path: Path, data: dict | None = None
 def expected(classifier: Classifier, path: Path, mode: Mode = "argmax",
              threshold: float | None = None, ood_policy: OodPolicy = "refuse") -> dict:
     """What `edge-infer --json` says about `path`, named as the upload is."""
-    record, _ = classifier.answer(decode_image(path).image, mode, threshold, ood_policy)
+    record = classifier.predict(path, mode, threshold, ood_policy).to_dict()
     return {"file": path.name, **record}
 
 
@@ -299,18 +297,18 @@ def test_parallel_requests_equal_single_ones_and_never_share_an_interpreter(
     busy: set[int] = set()
     shared: list[int] = []
     lock = threading.Lock()
-    run_array = Classifier.run_array  # every request's interpreter call
+    predict = Classifier.predict  # every request's interpreter call
 
-    def exclusive(self: Classifier, *args, **kwargs) -> ModelOutput:
+    def exclusive(self: Classifier, *args, **kwargs) -> Result:
         with lock:
             (shared.append if id(self) in busy else busy.add)(id(self))
         try:
-            return run_array(self, *args, **kwargs)
+            return predict(self, *args, **kwargs)
         finally:
             with lock:
                 busy.discard(id(self))
 
-    monkeypatch.setattr(Classifier, "run_array", exclusive)
+    monkeypatch.setattr(Classifier, "predict", exclusive)
 
     def ask(i: int) -> dict:
         with httpx.Client(base_url=live_url, timeout=60) as http:
@@ -325,14 +323,14 @@ def test_parallel_requests_equal_single_ones_and_never_share_an_interpreter(
 def test_inference_does_not_block_the_event_loop(live_url: str, images: list[Path],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     entered, release = threading.Event(), threading.Event()
-    run_array = Classifier.run_array
+    predict = Classifier.predict
 
-    def held(self: Classifier, *args, **kwargs) -> ModelOutput:
+    def held(self: Classifier, *args, **kwargs) -> Result:
         entered.set()
         release.wait(SERVER_START_SECONDS)
-        return run_array(self, *args, **kwargs)
+        return predict(self, *args, **kwargs)
 
-    monkeypatch.setattr(Classifier, "run_array", held)
+    monkeypatch.setattr(Classifier, "predict", held)
     with ThreadPoolExecutor(1) as executor, httpx.Client(base_url=live_url, timeout=5) as http:
         pending = executor.submit(post, http, images[0])
         assert entered.wait(SERVER_START_SECONDS)
@@ -484,7 +482,7 @@ def test_heatmap_in_headless_chromium(live_url: str, images: list[Path], classif
         driver.find_element(By.ID, "heatmap").click()
         wait.until(lambda _: not figure.is_displayed())
     assert size == Image.open(path).size
-    assert label == prediction == classifier.classify(path).prediction
+    assert label == prediction == classifier.predict(path).prediction
 
 
 def test_not_ultrasound_in_headless_chromium(live_url: str, classifier: Classifier,

@@ -31,7 +31,7 @@ def test_site_table_matches_the_shipped_int8_on_bus_bra_test(shipped_row, bus_br
     rows = bus_bra_split_files("test")
     images, labels = load_images(rows, bus_bra_root)
     classifier = Classifier("int8", threads=2)
-    probs = np.stack([classifier.probabilities(image) for image in images])
+    probs = np.stack([classifier.predict_proba(image) for image in images])
     reported = shipped_row["variants"]["int8"]["sets"]["BUS-BRA test"]
     assert reported["n"] == len(rows) == 81
     auc = auc_benign_vs_malignant(labels, probs[:, MALIGNANT_INDEX])

@@ -95,7 +95,7 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
     ) -> dict:
         """Classify one image. 422: an empty, corrupt or truncated image, or a bad field."""
         try:
-            chosen_mode = requested_mode(mode, threshold)
+            requested_mode(mode, threshold)
         except ValueError as err:
             raise HTTPException(UNPROCESSABLE, str(err)) from None
         if heatmap and not pool.has_heatmap:
@@ -105,16 +105,16 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
         if len(data) > max_upload_bytes:
             raise HTTPException(TOO_LARGE, too_large)
         try:
-            record, overlay = await run_in_threadpool(
-                pool.classify_checked, data, chosen_mode, threshold, heatmap, ood)
+            answer = await run_in_threadpool(pool.predict, data, mode, threshold, ood, heatmap)
         except NotAnImage as err:
             raise HTTPException(UNSUPPORTED, str(err)) from None
         except ImageError as err:
             raise HTTPException(UNPROCESSABLE, str(err)) from None
-        result = {"file": file.filename or "", **record}
-        if overlay is not None:  # none for a refused image: no evidence for a withheld label
-            result["heatmap"] = {"label": record["prediction"], "width": overlay.width,
-                                 "height": overlay.height, "png": png_data_url(overlay)}
+        result = {"file": file.filename or "", **answer.to_dict()}
+        if answer.heatmap is not None:  # none for a refused image: no evidence for its label
+            result["heatmap"] = {"label": answer.prediction, "width": answer.heatmap.width,
+                                 "height": answer.heatmap.height,
+                                 "png": png_data_url(answer.heatmap)}
         return result
 
     return app

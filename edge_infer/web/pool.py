@@ -8,28 +8,24 @@ import queue
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from PIL import Image
-
-from edge_infer.classifier import Classifier
+from edge_infer.classifier import Classifier, Result
 from edge_infer.decision import Mode
 from edge_infer.manifest import ModelEntry
 from edge_infer.ood import OodPolicy
-from edge_infer.preprocess import ImageSource, decode_image
 
 
 class ClassifierPool:
-    """`size` Classifiers of one model; `borrow` (and `classify_checked`) block until one is
-    free."""
+    """`size` Classifiers of one model; `borrow` (and `predict`) block until one is free."""
 
     def __init__(self, model: str = "int8", threads: int = 1, size: int = 2,
                  site: str | os.PathLike | None = None) -> None:
         if size < 1:
             raise ValueError(f"pool size must be at least 1, got {size}")
-        classifiers = [Classifier(model, threads=threads, site=site) for _ in range(size)]
+        classifiers = [Classifier(model, site, threads) for _ in range(size)]
         self.size = size
         self.entry: ModelEntry = classifiers[0].entry
         self.has_heatmap = classifiers[0].has_heatmap
-        self.calibration_info = classifiers[0].calibration_info()
+        self.calibration_info = classifiers[0].calibration.info()
         self._idle: queue.Queue[Classifier] = queue.Queue()
         for classifier in classifiers:
             self._idle.put(classifier)
@@ -43,16 +39,8 @@ class ClassifierPool:
         finally:
             self._idle.put(classifier)
 
-    def classify_checked(self, source: ImageSource, mode: Mode = "argmax",
-                         threshold: float | None = None, heatmap: bool = False,
-                         ood_policy: OodPolicy = "refuse") -> tuple[dict, Image.Image | None]:
-        """Decode (no interpreter needed), then on a free Classifier: the image's result record
-        (Classifier.answer: decision and the check that it looks like a breast ultrasound) and,
-        if asked and the label is not withheld, the decoded image with the predicted class's
-        heat-map overlaid."""
-        decoded = decode_image(source)
+    def predict(self, data: bytes, mode: Mode | None = None, threshold: float | None = None,
+                ood: OodPolicy = "refuse", heatmap: bool = False) -> Result:
+        """Classifier.predict on a free Classifier (ImageError for an unreadable upload)."""
         with self.borrow() as classifier:
-            record, output = classifier.answer(decoded.image, mode, threshold, ood_policy)
-            overlay = (classifier.heatmap(decoded.image, output, record["prediction"])
-                       if heatmap and not record["refused"] else None)
-            return record, overlay
+            return classifier.predict(data, mode, threshold, ood, heatmap)

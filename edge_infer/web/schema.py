@@ -36,7 +36,8 @@ class Heatmap(BaseModel):
     where the model found its evidence, not a lesion outline."""
 
     label: ClassName = Field(description="The class whose map is shown: the prediction.")
-    width: int = Field(description="Width of the image as decoded (EXIF orientation applied).")
+    width: int = Field(description="Width of the overlay: the image as decoded (EXIF orientation "
+                                   "applied), shrunk so that its longest side is at most 1024.")
     height: int
     png: str = Field(description="data:image/png;base64,... the upload as decoded with the map "
                                  "overlaid (turbo colours, alpha 0.6 x map value).")
@@ -91,6 +92,9 @@ class Prediction(BaseModel):
     ood_reasons: list[str] = Field(description="Why the image was flagged, in words.")
     refused: bool = Field(
         description="The label was withheld (ood=refuse and in_distribution false).")
+    notes: list[str] = Field(
+        description="What decoding or drawing had to do, in words (e.g. first frame of many; "
+                    "no heat-map for a class the model gives almost no probability).")
 
 
 class ManifestEntry(BaseModel):
