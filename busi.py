@@ -21,7 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                "the model."),
     "calibrate": ("convert.calibrate", "Refit the shipped temperature and threshold only."),
     "ood-fit": ("convert.ood_fit", "Refit the input check only."),
-    "bench": ("benchmarks.cli", "Accuracy and latency of every variant; the reports."),
+    "bench": ("benchmarks.cli", "Accuracy and latency of every variant: reports/latest.md."),
+    "sites": ("benchmarks.sites", "Each trained run at every hospital: reports/sites.md."),
+    "ood-eval": ("benchmarks.ood_eval", "The input check on every image set: reports/ood.md."),
+    "cam-eval": ("benchmarks.cam_eval", "Heat-maps against the lesion masks: reports/cam.md."),
+    "load": ("benchmarks.load", "The web app under concurrent uploads: reports/load.md."),
 }
 
 

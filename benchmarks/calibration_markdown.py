@@ -46,7 +46,7 @@ def calibration_lines(results: dict) -> list[str]:
             "Temperature scaling: p → softmax(log p / T), one T per variant fitted on the "
             "model's validation data (BUSI's split, plus BUS-BRA's validation patients for a "
             "model trained across sites) from the variant's own outputs (int8: its dequantized "
-            "uint8 probabilities) by minimising the negative log-likelihood (`busi-calibrate`; "
+            "uint8 probabilities) by minimising the negative log-likelihood (`busi calibrate`; "
             "`edge_infer.calibration`). Every result of the runtime, CLI, server and this "
             "benchmark uses the calibrated probabilities; the uncertain flag and the "
             "high-sensitivity threshold T are defined on them, and T is re-chosen on the "

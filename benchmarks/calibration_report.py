@@ -133,7 +133,7 @@ def spec_calibrations(specs: dict) -> dict[str, dict]:
         if spec.runtime == "onnx":
             return "BUSI val, fitted here"
         return "its validation data (manifest)" if spec.temperature is not None else \
-            "none in the manifest (run busi-calibrate)"
+            "none in the manifest (run python -m busi calibrate)"
     return {name: {"temperature": spec.temperature, "threshold": spec.threshold,
                    "source": source(spec)} for name, spec in specs.items()}
 

@@ -15,8 +15,8 @@ centred Gaussian (sigma = a quarter of the width / height) as the map, and a uni
 energy share is the mask's area share). Also the int8-vs-Keras agreement of the raw 7x7 maps
 (Pearson correlation, same peak cell). The masks are used for this evaluation only.
 
-`python -m benchmarks.cam_eval` prints the figures and writes them (cam.md, cam.json) with the
-example overlays (cam_examples.png); the full benchmark (`python -m benchmarks`) puts the same
+`python -m busi cam-eval` prints the figures and writes them (cam.md, cam.json) with the
+example overlays (cam_examples.png); the full benchmark (`python -m busi bench`) puts the same
 section in its report.
 """
 
@@ -330,7 +330,7 @@ def main(busi_dir: str | None, out: Path, resamples: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plot_cam_examples({"cam": section, "data": {"busi_dir": str(root)}}, out / EXAMPLES_NAME)
     text = "\n".join(cam_section({"cam": section, "plots": {"cam_examples": EXAMPLES_NAME}}))
-    (out / "cam.md").write_text(f"{text}\n\nCommand: `python -m benchmarks.cam_eval`.\n")
+    (out / "cam.md").write_text(f"{text}\n\nCommand: `python -m busi cam-eval`.\n")
     (out / "cam.json").write_text(json.dumps(json_ready(section), indent=1, allow_nan=False)
                                   + "\n")
     click.echo(text)

@@ -1,4 +1,4 @@
-"""`busi-bench` / `python -m benchmarks`: accuracy and latency of every variant of an
+"""`python -m busi bench`: accuracy and latency of every variant of an
 architecture against its Keras model, written as a report (latest.md, latest.json, plots)."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(arch: str | None, quick: bool, out: Path, busi_dir: str | None,
     from benchmarks.run import FULL, QUICK, run_benchmark
 
     settings = (QUICK if quick else FULL).with_overrides(_threads(threads_text), runs)
-    command = " ".join(["python -m benchmarks", shlex.join(sys.argv[1:])]).strip()
+    command = " ".join(["python -m busi bench", shlex.join(sys.argv[1:])]).strip()
     external, external_missing = None, ""
     try:
         external = resolve_external_dir(external_dir)

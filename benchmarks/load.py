@@ -1,4 +1,4 @@
-"""`python -m benchmarks.load`: a bounded load test of the web app.
+"""`python -m busi load`: a bounded load test of the web app.
 
 Starts `edge-infer serve` on a free 127.0.0.1 port in a child process, asks it about each BUSI
 test image once (one request at a time), then sends a fixed number of POST /predict requests
@@ -232,7 +232,7 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
 def main(requests: int, clients: int, workers: int, threads: int, model: str,
          timeout_s: float, out: Path, busi_dir: str | None) -> None:
     """Run the load test and write the report; exit 1 on any error or differing answer."""
-    command = " ".join(["python -m benchmarks.load", shlex.join(sys.argv[1:])]).strip()
+    command = " ".join(["python -m busi load", shlex.join(sys.argv[1:])]).strip()
     try:
         results = run_load(resolve_busi_dir(busi_dir), requests, clients, workers, threads,
                            model, timeout_s, command)

@@ -7,7 +7,7 @@ under heavy corruption (ultrasound underneath, so neither side), and, for inform
 share of two other hospitals' breast-ultrasound sets that gets flagged (BrEaST-Lesions_USG,
 BUS-BRA): every such flag is a false alarm at another site. Nothing is fitted or chosen on any
 of these sets: the shipped check's parameters come from the BUSI training split and its
-threshold from the validation split (busi-ood-fit); the two comparison methods get their
+threshold from the validation split (python -m busi ood-fit); the two comparison methods get their
 thresholds on the validation split by the same rule.
 
 \b
@@ -19,7 +19,7 @@ Methods, side by side, each score higher = less like the training data:
 - energy: -logsumexp of the logits (the head applied to the pooled features);
 - max_softmax: 1 - the largest (temperature-calibrated) probability.
 
-`python -m benchmarks.ood_eval` writes benchmarks/reports/ood.{json,md}; `python -m benchmarks`
+`python -m busi ood-eval` writes benchmarks/reports/ood.{json,md}; `python -m busi bench`
 puts the same section into the full report.
 """
 
@@ -190,7 +190,7 @@ def ood_results(arch: str, manifest_file: Path, root: Path, external: Path | Non
     keys = [key for key, info in manifest["models"].items()
             if info["arch"] == arch and info["format"] == "tflite" and "ood" in info]
     if not keys:
-        return {"skipped": f"no {arch} TFLite model has a fitted OOD check (run busi-ood-fit)"}
+        return {"skipped": f"no {arch} TFLite model has a fitted OOD check (run busi ood-fit)"}
     classifiers = {key: Classifier(key, threads=threads, manifest_file=manifest_file)
                    for key in keys}
     missing = [key for key, c in classifiers.items() if c.cam_head is None]
@@ -245,7 +245,7 @@ def ood_section(results: dict) -> list[str]:
         f"{section.get('fitted_on', 'pooled features of the training split')}, thresholds "
         f"chosen on the {section.get('threshold_chosen_on', 'validation split')} for ≤ "
         f"{section['target_false_alarm']:.0%} false alarms "
-        "(`busi-ood-fit`); energy and max-softmax get thresholds on validation by the same rule. "
+        "(`busi ood-fit`); energy and max-softmax get thresholds on validation by the same rule. "
         "Flagged = score above the threshold. AUROC: BUSI test against OOD (against corrupted "
         "in brackets).", ""]
     if section["stride"] != 1:
@@ -333,7 +333,7 @@ def main(arch: str | None, out: Path, busi_dir: str | None, external_dir: str | 
     if "skipped" in section:
         raise click.ClickException(section["skipped"])
     section["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    section["command"] = " ".join(["python -m benchmarks.ood_eval", *sys.argv[1:]])
+    section["command"] = " ".join(["python -m busi ood-eval", *sys.argv[1:]])
     json_path, md_path = write_ood_report(section, out)
     click.echo(f"wrote {md_path} and {json_path}", err=True)
 

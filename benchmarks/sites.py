@@ -1,5 +1,5 @@
 """The site table: each trained model x each test set, for Keras and its int8 conversion
-(as `busi-convert` converts by default: refined activation ranges, calibrated on BUSI validation).
+(as `busi convert` converts by default: refined activation ranges, calibrated on BUSI validation).
 
 Test sets: the BUSI test split, BUS-BRA's test patients and BrEaST-Lesions_USG (another
 hospital, a test set only). Each model and variant is calibrated as the shipped models are
@@ -8,9 +8,9 @@ its own outputs for its own validation data), so the figures show how a model ho
 was not tuned. Also how often normals are still called normal,
 since BUS-BRA has no normal class and "normal" must not become "looks like BUSI".
 
-    python -m benchmarks.sites NAME=RUN_DIR [NAME=RUN_DIR ...]
+    python -m busi sites NAME=RUN_DIR [NAME=RUN_DIR ...]
 
-RUN_DIR is a `busi-train` output folder (model.keras, results.json).
+RUN_DIR is a `python -m busi train` output folder (model.keras, results.json).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ SITES_HEADING = "## Across sites: each trained model on each hospital's test set
 
 
 def committed_table(folder: Path = REPORTS) -> dict | None:
-    """The site table last written by `python -m benchmarks.sites` (it needs the training
+    """The site table last written by `python -m busi sites` (it needs the training
     runs, so the benchmark report includes it rather than recomputing it)."""
     path = folder / "sites.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -151,9 +151,9 @@ def sites_section(results: dict) -> list[str]:
     table = results.get("sites")
     lines = [SITES_HEADING, ""]
     if not table:
-        return lines + ["Not available: run `python -m benchmarks.sites NAME=RUN_DIR ...`.", ""]
+        return lines + ["Not available: run `python -m busi sites NAME=RUN_DIR ...`.", ""]
     counts = ", ".join(f"{name} {n}" for name, n in table["test_sets"].items())
-    return lines + [f"Test images: {counts}. Written by `python -m benchmarks.sites` "
+    return lines + [f"Test images: {counts}. Written by `python -m busi sites` "
                     "(`benchmarks/reports/sites.json`).", "", markdown(table)]
 
 

@@ -1,16 +1,15 @@
-"""`busi-calibrate`: fit each shipped model's temperature on its validation data (BUSI's split; with
-BUS-BRA's validation patients too for a model trained across sites, see convert.validation) and
-re-choose its high-sensitivity threshold on the calibrated probabilities, into the manifest.
+"""`python -m busi calibrate`: refit each shipped model's temperature on its validation data
+(BUSI's split; with BUS-BRA's validation patients too for a model trained across sites, see
+convert.validation) and re-choose its high-sensitivity threshold on the calibrated
+probabilities, into the manifest.
 
-Run it after `busi-publish` / `busi-convert` (they write uncalibrated entries: no temperature,
-a threshold on raw probabilities). Each variant is fitted from its own outputs: a TFLite model
-through the edge runtime's interpreter (int8: its dequantized uint8 probabilities), the Keras
-model through `predict`. Re-running it refits from the model files, never from earlier fits.
+`python -m busi convert` does this for the models it writes; this command refits alone. Each
+variant is fitted from its own outputs: a TFLite model through the runtime's interpreter (int8:
+its dequantized uint8 probabilities), the Keras model through `predict`.
 """
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from edge_infer.calibration import TEMPERATURE_BOUNDS, fit_calibration, fit_temp
 from edge_infer.manifest import (
     MANIFEST_FILENAME,
     ModelError,
+    checked_sidecar,
     read_manifest,
-    resolve_model,
     update_manifest,
 )
 from edge_infer.manifest import models_dir as shipped_models_dir
@@ -37,16 +36,16 @@ OBJECTIVE = (f"mean negative log-likelihood of softmax(log p / T) on the validat
              f"{TEMPERATURE_BOUNDS[1]}]")
 
 
-def raw_probabilities(entry_key: str, manifest_file: Path, images: np.ndarray,
+def raw_probabilities(key: str, info: dict, folder: Path, images: np.ndarray,
                       threads: int) -> np.ndarray:
     """A model's own, uncalibrated probabilities (N, 3) on preprocessed uint8 images: TFLite
     through the runtime's interpreter wrapper, Keras through `predict`."""
-    entry = resolve_model(entry_key, manifest_file)  # sha256-checked
-    if entry.info["format"] == "tflite":
-        return TFLiteModel(entry.path, threads).predict(images)
+    path = checked_sidecar(folder, info, key)  # the file the entry vouches for
+    if info["format"] == "tflite":
+        return TFLiteModel(path, threads).predict(images)
     import keras
 
-    model = keras.models.load_model(entry.path)
+    model = keras.models.load_model(path)
     return model.predict(images.astype(np.float32), batch_size=32, verbose=0)
 
 
@@ -68,7 +67,7 @@ def calibration_fields(probs: np.ndarray, labels: np.ndarray, validation: dict,
             "temperature_interval_95": [low, high],
             "interval_method": "percentile bootstrap over the validation images (refit each "
                                "resample; 1000 resamples, seed 0)",
-            "made_by": "busi-calibrate",
+            "made_by": "python -m busi convert / calibrate",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     }
@@ -77,6 +76,25 @@ def calibration_fields(probs: np.ndarray, labels: np.ndarray, validation: dict,
 SOURCES = {"tflite": "the TFLite file's own probabilities (dequantized when uint8), "
                      "edge_infer.tflite_model",
            "keras": "the Keras model's predict()"}
+
+
+def calibrated_entries(entries: dict[str, dict], folder: Path, busi_dir: str | None,
+                       threads: int, say=click.echo) -> dict[str, dict]:
+    """The entries (one architecture's, files in folder) with temperature and threshold refitted
+    on the architecture's validation data; ImportError when a Keras entry needs keras."""
+    arch = next(iter(entries.values()))["arch"]
+    images, labels, validation = validation_set(folder / MANIFEST_FILENAME, arch, busi_dir)
+    fitted = {}
+    for key, info in entries.items():
+        probs = raw_probabilities(key, info, folder, images, threads)
+        fields = calibration_fields(probs, labels, validation, SOURCES[info["format"]])
+        fit = fields["temperature_fit"]
+        low, high = fit["temperature_interval_95"]
+        say(f"{key:28s} T = {fields['temperature']:.3f} [{low:.3f}, {high:.3f}]  "
+            f"val NLL {fit['nll_before']:.3f} -> {fit['nll_after']:.3f}  threshold "
+            f"{info['threshold']:.3f} -> {fields['threshold']:.3f} (calibrated)")
+        fitted[key] = {**info, **fields}
+    return fitted
 
 
 @click.command(help=__doc__)
@@ -106,35 +124,12 @@ def main(arch: str | None, variants: str | None, busi_dir: str | None, threads: 
         raise click.UsageError(f"{arch} has no {', '.join(unknown)} in {manifest_file} "
                                f"(it has {', '.join(listed) or 'nothing'})")
     try:
-        images, labels, validation = validation_set(manifest_file, arch, busi_dir)
-    except FileNotFoundError as err:
+        entries = calibrated_entries({f"{arch}/{v}": manifest["models"][f"{arch}/{v}"]
+                                      for v in wanted}, folder, busi_dir, threads)
+    except ImportError as err:
+        raise click.ClickException(f"{err.name} is not installed (pip install \".[dev]\")"
+                                   ) from None
+    except (ModelError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
-    entries = {}
-    for variant in wanted:
-        key = f"{arch}/{variant}"
-        info = manifest["models"][key]
-        try:
-            probs = raw_probabilities(key, manifest_file, images, threads)
-        except ImportError as err:
-            click.echo(f"skipped {key}: {err.name} is not installed (pip install \".[convert]\")",
-                       err=True)
-            continue
-        except ModelError as err:
-            raise click.ClickException(str(err)) from None
-        fields = calibration_fields(probs, labels, validation, SOURCES[info["format"]])
-        fit = fields["temperature_fit"]
-        low, high = fit["temperature_interval_95"]
-        click.echo(f"{key:28s} T = {fields['temperature']:.3f} [{low:.3f}, {high:.3f}]  "
-                   f"val NLL {fit['nll_before']:.3f} "
-                   f"-> {fit['nll_after']:.3f}  threshold {info['threshold']:.3f} -> "
-                   f"{fields['threshold']:.3f} (calibrated)")
-        entries[key] = {**info, **fields}
-    if not entries:
-        click.echo("nothing fitted", err=True)
-        sys.exit(1)
     update_manifest(entries, path=manifest_file)
     click.echo(f"manifest updated: {', '.join(entries)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,14 @@
-"""`busi-convert`: the shipped Keras model -> verified TFLite variants in models/.
+"""`python -m busi convert`: the shipped Keras model -> verified TFLite variants in models/, and
+what depends on them refitted in the same pass (one manifest write).
 
 Each variant is run through the TFLite interpreter on the validation and test images and
 compared with Keras on the same arrays; a variant that misses its target is not entered in
 the manifest and the command exits with status 1. Every variant also outputs the last
 convolutional feature map (for heat-maps); a single-output conversion of the same variant
 checks that this extra output leaves the probabilities unchanged. The classifier head's
-weights go to models/<arch>-head.npz, listed in each entry as cam_head.
+weights go to models/<arch>-head.npz, listed in each entry as cam_head. Then, unless
+--no-refit, the temperature and threshold of the Keras model and every variant written are fitted
+on the validation data (convert.calibrate) and each variant's input check (convert.ood_fit).
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from train.datasets import resolve_busi_dir
 DEFAULT_VARIANTS = "float32,float16,int8"
 CALIBRATION = "all BUSI validation images of the split manifest (preprocess_image, uint8)"
 VERIFICATION_NOTE = ("the conversion check against Keras, on uncalibrated probabilities with a "
-                     "threshold chosen on them (BUSI validation split); busi-calibrate then "
-                     "sets the entry's temperature and threshold, which the runtime applies")
+                     "threshold chosen on them (BUSI validation split); the refit then sets "
+                     "the entry's temperature and threshold, which the runtime applies")
 
 
 def _predict(model: TFLiteModel, images: np.ndarray, desc: str) -> np.ndarray:
@@ -84,12 +87,16 @@ def _line(name: str, report: dict) -> str:
                    "images and the input rescaling made exact, or minmax: the converter's "
                    "calibration min / max (benchmarks/reports/int8_ranges-<arch>.md). Only "
                    "affects int8.")
+@click.option("--refit/--no-refit", default=True, show_default=True,
+              help="Refit temperatures, thresholds and input checks of what is written (off: "
+                   "entries stay uncalibrated, with no input check, until `calibrate` and "
+                   "`ood-fit` run).")
 @click.option("--accept-missed-targets", "accepted", default="", metavar="VARIANTS",
               help="Comma-separated variants to keep even if they miss a target: each miss is "
                    "printed and recorded in the manifest (verification.targets_missed). For a "
                    "deliberate, documented trade-off only.")
 def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
-         models_dir: Path | None, int8_ranges: str, accepted: str) -> None:
+         models_dir: Path | None, int8_ranges: str, refit: bool, accepted: str) -> None:
     import keras
 
     from convert.feature_output import write_head
@@ -181,7 +188,8 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
             "source_model": {"file": source.info["file"], "sha256": source.info["sha256"]},
             "calibration": (f"{CALIBRATION}; {RANGE_NOTES[int8_ranges]}"
                             if variant == "int8" else None),
-            "made_by": f"busi-convert (tensorflow {_tf_version()}, keras {keras.__version__})",
+            "made_by": f"python -m busi convert (tensorflow {_tf_version()}, keras "
+                       f"{keras.__version__})",
             "verification": {"note": VERIFICATION_NOTE, **report, "targets": targets,
                              "targets_missed": failures,
                              "size_ratio_vs_float32_weights": size_ratio,
@@ -192,6 +200,8 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         }
     if entries:
         head_candidate.replace(head_file)
+        if refit:
+            entries = _refitted(entries, arch, folder, busi_dir, threads)
         update_manifest(entries, path=manifest_file)
         click.echo(f"manifest updated: {', '.join(entries)}")
     else:
@@ -199,6 +209,25 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
     if failed:
         click.echo(f"variants that missed their targets (not in the manifest): {failed}", err=True)
         sys.exit(1)
+
+
+def _refitted(entries: dict[str, dict], arch: str, folder: Path, busi_dir: str | None,
+              threads: int) -> dict[str, dict]:
+    """The written entries and the Keras one with temperature and threshold refitted, and the
+    written ones with their input check: what the runtime applies to their outputs."""
+    from convert.calibrate import calibrated_entries
+    from convert.ood_fit import input_check_entries
+
+    keras_key = f"{arch}/keras"
+    keras_info = read_manifest(folder / MANIFEST_FILENAME)["models"][keras_key]
+    calibrated = calibrated_entries({keras_key: keras_info, **entries}, folder, busi_dir,
+                                    threads)
+    try:
+        checked = input_check_entries({key: calibrated[key] for key in entries}, folder,
+                                      busi_dir, threads)
+    except ValueError as err:
+        raise click.ClickException(f"input check: {err}") from None
+    return {**calibrated, **checked}
 
 
 def _tf_version() -> str:

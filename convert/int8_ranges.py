@@ -14,23 +14,14 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
-from tensorflow.lite.python import convert as tflite_convert
-from tensorflow.lite.python import util as tflite_util
-from tensorflow.lite.tools import flatbuffer_utils
 from tqdm import tqdm
+
+from convert.tf_private import BuiltinOperator, read_flatbuffer, write_flatbuffer
 
 RANGE_SCALES = np.linspace(0.2, 1.0, 33)
 SAMPLES_PER_IMAGE = 4096
-BUILTIN = flatbuffer_utils.schema_fb.BuiltinOperator
+BUILTIN = BuiltinOperator
 STEPS = 255  # 256 levels of an 8-bit tensor
-
-
-def quantized(calibrated: bytes) -> bytes:
-    """Full-integer int8 with uint8 input and output from a calibrated model's recorded ranges
-    (the converter's second half: its quantizer, then the same I/O type change)."""
-    int8 = tflite_convert.mlir_quantize(calibrated)  # float I/O around int8 ops ...
-    return bytes(tflite_util.modify_model_io_type(int8, tf.uint8, tf.uint8))  # ... made uint8
 
 
 def operators(flat) -> list[tuple[int, list[int], list[int]]]:
@@ -99,7 +90,7 @@ def mse_range(values: np.ndarray, low: float, high: float) -> tuple[float, float
 def with_mse_ranges(calibrated: bytes, images: np.ndarray) -> tuple[bytes, list[dict]]:
     """The calibrated model with every activation range replaced by its MSE-optimal one;
     also the tensors whose range shrank by more than 5 %."""
-    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    model = read_flatbuffer(calibrated)
     ranges = recorded_ranges(model)
     samples = activation_samples(calibrated, list(ranges), images)
     tensors = model.subgraphs[0].tensors
@@ -111,7 +102,7 @@ def with_mse_ranges(calibrated: bytes, images: np.ndarray) -> tuple[bytes, list[
         if new_high - new_low < 0.95 * (high - low):
             shrunk.append({"tensor": tensors[index].name.decode(), "recorded": [low, high],
                            "mse_optimal": [new_low, new_high]})
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), shrunk
+    return bytes(write_flatbuffer(model)), shrunk
 
 
 def _input_rescaling(model: keras.Model) -> keras.layers.Rescaling:
@@ -131,7 +122,7 @@ def with_exact_input_scaling(calibrated: bytes, model: keras.Model) -> bytes:
     levels. Unchanged when the converter folded the rescaling into the first convolution."""
     rescaling = _input_rescaling(model)
     scale, offset = float(rescaling.scale), float(rescaling.offset)
-    flat = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    flat = read_flatbuffer(calibrated)
     ops = operators(flat)
     tensors = flat.subgraphs[0].tensors
     source = flat.subgraphs[0].inputs[0]
@@ -147,4 +138,4 @@ def with_exact_input_scaling(calibrated: bytes, model: keras.Model) -> bytes:
     for index, (low, high) in exact.items():
         tensors[index].quantization.min = np.array([low], np.float32)
         tensors[index].quantization.max = np.array([high], np.float32)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(flat))
+    return bytes(write_flatbuffer(flat))

@@ -1,17 +1,16 @@
-"""`busi-ood-fit`: fit each shipped TFLite model's out-of-distribution check (edge_infer/ood.py)
+"""`python -m busi ood-fit`: fit each shipped TFLite model's input check (edge_infer/ood.py)
 into models/<arch>-<variant>-ood.npz and the "ood" field of its manifest entry.
 
 The feature density is fitted on the pooled features of the BUSI training split (plus BUS-BRA's
 training patients for a model trained across sites), each variant from its own outputs (int8
 features differ slightly from float ones); the feature threshold is then chosen on the matching
 validation images so that at most --false-alarm of them are flagged (the colour check
-included). Run it after `busi-convert` (which writes entries without "ood") and
-`busi-calibrate`; re-running refits from the model files. Needs only the light runtime.
+included). `python -m busi convert` does this for the models it writes; this command refits
+alone, from the model files.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,9 +24,9 @@ from edge_infer.manifest import (
     MANIFEST_FILENAME,
     SPLIT_FILENAME,
     ModelError,
+    checked_sidecar,
     file_facts,
     read_manifest,
-    resolve_model,
     update_manifest,
 )
 from edge_infer.manifest import models_dir as shipped_models_dir
@@ -86,6 +85,57 @@ def pooled_features(model: TFLiteModel, images: np.ndarray, desc: str) -> np.nda
                      for image in tqdm(images, desc=desc, leave=False)])
 
 
+def input_check_entries(entries: dict[str, dict], folder: Path, busi_dir: str | None,
+                        threads: int, components: int = DEFAULT_COMPONENTS,
+                        false_alarm: float = TARGET_FALSE_ALARM,
+                        say=click.echo) -> dict[str, dict]:
+    """The TFLite entries (files in folder) with their input check fitted: the .npz written
+    beside them, its facts under "ood". ValueError when the colour check alone flags more
+    validation images than the false-alarm budget."""
+    manifest_file = folder / MANIFEST_FILENAME
+    root = resolve_busi_dir(busi_dir)
+    split_file = folder / SPLIT_FILENAME
+    loaded: dict[bool, dict[str, SplitImages]] = {}
+    fitted = {}
+    for key, info in entries.items():
+        path = checked_sidecar(folder, info, key)
+        both_sites = trained_on_bus_bra(manifest_file, info["arch"])
+        site_root = resolve_bus_bra_dir() if both_sites else None
+        if both_sites not in loaded:
+            loaded[both_sites] = {split: load_split(split, root, split_file, site_root)
+                                  for split in ("train", "val")}
+        data = loaded[both_sites]
+        colour_flagged = data["val"].colour > COLOUR_THRESHOLD
+        sites = "BUSI + BUS-BRA" if both_sites else "BUSI"
+        model = TFLiteModel(path, threads)
+        features = {split: pooled_features(model, data[split].images, f"{key} {split}")
+                    for split in data}
+        density = fit_feature_density(features["train"], data["train"].labels, components)
+        val_scores = density.score(features["val"])
+        threshold = choose_threshold(val_scores[~colour_flagged], false_alarm,
+                                     int(colour_flagged.sum()))
+        flagged = (val_scores > threshold) | colour_flagged
+        out = folder / f"{info['arch']}-{info['variant']}-ood.npz"
+        density.save(out)
+        fitted[key] = {**info, "ood": {
+            **file_facts(out), "method": FEATURE_METHOD, "components": components,
+            "threshold": threshold, "colour_method": COLOUR_METHOD,
+            "colour_threshold": COLOUR_THRESHOLD, "target_false_alarm": false_alarm,
+            "val_false_alarm": float(flagged.mean()), "val_flagged": int(flagged.sum()),
+            "val_images": len(val_scores), "train_images": len(data["train"].labels),
+            "fitted_on": f"pooled features of this model file on the {sites} train split",
+            "threshold_chosen_on": f"{sites} val split",
+            "split_sha256s": split_sha256s(folder, both_sites),
+            "model_sha256": info["sha256"], "made_by": "python -m busi convert / ood-fit",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }}
+        say(f"{key:28s} threshold {threshold:.3f}  val flagged {int(flagged.sum())}/"
+            f"{len(val_scores)}  train score median "
+            f"{np.median(density.score(features['train'])):.2f}  -> {out.name} "
+            f"({out.stat().st_size / 1e6:.2f} MB)")
+    return fitted
+
+
 @click.command(help=__doc__)
 @click.option("--arch", default=None,
               help="Fit this architecture's models only (default: every architecture).")
@@ -105,11 +155,9 @@ def main(arch: str | None, variants: str | None, components: int, false_alarm: f
          busi_dir: str | None, threads: int, models_dir: Path | None) -> None:
     folder = models_dir or shipped_models_dir()
     manifest_file = folder / MANIFEST_FILENAME
-    split_file = folder / SPLIT_FILENAME
     try:
         manifest = read_manifest(manifest_file)
-        root = resolve_busi_dir(busi_dir)
-    except (ModelError, FileNotFoundError) as err:
+    except ModelError as err:
         raise click.ClickException(str(err)) from None
     fittable = {key: info for key, info in manifest["models"].items()
                 if info["format"] == "tflite" and "feature_map" in info
@@ -121,54 +169,12 @@ def main(arch: str | None, variants: str | None, components: int, false_alarm: f
         raise click.UsageError(
             f"no TFLite model with a feature-map output for {arch or 'any architecture'} "
             f"{'named ' + ', '.join(missing) + ' ' if missing else ''}in {manifest_file} "
-            f"(there are: {', '.join(fittable) or 'none'}; busi-convert makes them)")
-    loaded: dict[bool, dict[str, SplitImages]] = {}
-    entries = {}
-    for key in keys:
-        try:
-            entry = resolve_model(key, manifest_file)  # sha256-checked
-            both_sites = trained_on_bus_bra(manifest_file, entry.info["arch"])
-            site_root = resolve_bus_bra_dir() if both_sites else None
-        except (ModelError, FileNotFoundError) as err:
-            raise click.ClickException(str(err)) from None
-        if both_sites not in loaded:
-            loaded[both_sites] = {split: load_split(split, root, split_file, site_root)
-                                  for split in ("train", "val")}
-        data = loaded[both_sites]
-        colour_flagged = data["val"].colour > COLOUR_THRESHOLD
-        sites = "BUSI + BUS-BRA" if both_sites else "BUSI"
-        model = TFLiteModel(entry.path, threads)
-        features = {split: pooled_features(model, data[split].images, f"{key} {split}")
-                    for split in data}
-        density = fit_feature_density(features["train"], data["train"].labels, components)
-        val_scores = density.score(features["val"])
-        try:
-            threshold = choose_threshold(val_scores[~colour_flagged], false_alarm,
-                                         int(colour_flagged.sum()))
-        except ValueError as err:
-            raise click.ClickException(f"{key}: the colour check: {err}") from None
-        flagged = (val_scores > threshold) | colour_flagged
-        path = folder / f"{entry.info['arch']}-{entry.info['variant']}-ood.npz"
-        density.save(path)
-        entries[key] = {**entry.info, "ood": {
-            **file_facts(path), "method": FEATURE_METHOD, "components": components,
-            "threshold": threshold, "colour_method": COLOUR_METHOD,
-            "colour_threshold": COLOUR_THRESHOLD, "target_false_alarm": false_alarm,
-            "val_false_alarm": float(flagged.mean()), "val_flagged": int(flagged.sum()),
-            "val_images": len(val_scores), "train_images": len(data["train"].labels),
-            "fitted_on": f"pooled features of this model file on the {sites} train split",
-            "threshold_chosen_on": f"{sites} val split",
-            "split_sha256s": split_sha256s(folder, both_sites),
-            "model_sha256": entry.info["sha256"], "made_by": "busi-ood-fit",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }}
-        click.echo(f"{key:28s} threshold {threshold:.3f}  val flagged {int(flagged.sum())}/"
-                   f"{len(val_scores)}  train score median "
-                   f"{np.median(density.score(features['train'])):.2f}  -> {path.name} "
-                   f"({path.stat().st_size / 1e6:.2f} MB)")
-    if not entries:
-        click.echo("nothing fitted", err=True)
-        sys.exit(1)
+            f"(there are: {', '.join(fittable) or 'none'}; python -m busi convert makes them)")
+    try:
+        entries = input_check_entries({key: fittable[key] for key in keys}, folder, busi_dir,
+                                      threads, components, false_alarm)
+    except (ModelError, FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
     update_manifest(entries, path=manifest_file)
     click.echo(f"manifest updated: {', '.join(entries)}")
 

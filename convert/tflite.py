@@ -16,11 +16,16 @@ import flatbuffers
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.lite.tools import flatbuffer_utils
 
 from convert.feature_output import with_feature_map
 from convert.int8_choices import DEFAULT_INT8_RANGES, INT8_RANGES
-from convert.int8_ranges import quantized, with_exact_input_scaling, with_mse_ranges
+from convert.int8_ranges import with_exact_input_scaling, with_mse_ranges
+from convert.tf_private import (
+    calibrate_only,
+    quantize_calibrated,
+    read_flatbuffer,
+    strip_strings,
+)
 
 VARIANTS: tuple[str, ...] = ("float32", "float16", "dynamic", "int8")
 TFLITE_FILE_IDENTIFIER = b"TFL3"  # the schema's file_identifier
@@ -53,10 +58,7 @@ def calibrated_model(model: keras.Model, calibration: np.ndarray,
                      feature_map: bool = True) -> bytes:
     """The float TFLite model with each tensor's calibration min / max recorded in it (the
     converter's first half, as its quantization debugger uses it)."""
-    converter = int8_converter(model, calibration, feature_map)
-    converter._experimental_calibrate_only = True
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
+    return calibrate_only(int8_converter(model, calibration, feature_map))
 
 
 def _int8(model: keras.Model, calibration: np.ndarray | None, feature_map: bool,
@@ -65,7 +67,7 @@ def _int8(model: keras.Model, calibration: np.ndarray | None, feature_map: bool,
     if int8_ranges == "refined":
         calibrated = calibrated_model(model, calibration, feature_map)
         refined, _ = with_mse_ranges(calibrated, calibration)
-        return quantized(with_exact_input_scaling(refined, model))
+        return quantize_calibrated(with_exact_input_scaling(refined, model))
     with contextlib.redirect_stdout(io.StringIO()):
         return int8_converter(model, calibration, feature_map).convert()
 
@@ -76,7 +78,7 @@ def convert_model(model: keras.Model, variant: str, calibration: np.ndarray | No
     """Convert a Keras model; int8 needs calibration images (uint8, N x 224 x 224 x 3).
     feature_map: also output the GAP layer's input (see `with_feature_map`);
     int8_ranges: one of INT8_RANGES (refined needs a Rescaling layer on the model's input, as
-    every model `busi-train` builds has; ValueError otherwise)."""
+    every model `python -m busi train` builds has; ValueError otherwise)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     if int8_ranges not in INT8_RANGES:
@@ -116,13 +118,13 @@ def compacted(model_bytes: bytes) -> bytes:
     """The same model in fewer bytes, for the int8 size target: without debug strings (tensor
     and subgraph names, description, signature: 49 KB of Lite0's int8; the runtime finds its
     tensors by shape) and with identical zero-point vectors stored once (all zeros: 300 KB)."""
-    model = flatbuffer_utils.convert_bytearray_to_object(model_bytes)
+    model = read_flatbuffer(model_bytes)
     for buffer in model.buffers:
         if buffer.offset > 1:  # data stored after the flatbuffer (some tools write that layout)
             buffer.data = np.frombuffer(model_bytes[buffer.offset:buffer.offset + buffer.size],
                                         np.uint8)
             buffer.offset = buffer.size = 0
-    flatbuffer_utils.strip_strings(model)
+    strip_strings(model)
     builder = _Int64VectorSharingBuilder(1024)
     builder.Finish(model.Pack(builder), file_identifier=TFLITE_FILE_IDENTIFIER)
     return bytes(builder.Output())

@@ -1,7 +1,7 @@
 """The validation images a shipped model's thresholds and temperature are fitted on.
 
 A model trained on BUSI alone is validated on BUSI's validation split; a model trained across
-sites (`busi-train --bus-bra`) on BUSI's and BUS-BRA's validation patients together, the same
+sites (`busi train --bus-bra`) on BUSI's and BUS-BRA's validation patients together, the same
 set its early stopping and threshold used, so its operating point serves both sites.
 """
 

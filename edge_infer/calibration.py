@@ -154,7 +154,7 @@ class Fit:
 def fit_calibration(probs: np.ndarray, labels: np.ndarray,
                     target_recall: float = TARGET_MALIGNANT_RECALL) -> Fit:
     """Fit T on (probs, labels), then choose the high-sensitivity threshold on the calibrated
-    probabilities: what `busi-calibrate` stores per model and `edge-infer calibrate` per site."""
+    probabilities: what `busi calibrate` stores per model and `edge-infer calibrate` per site."""
     values = _checked_probs(probs).reshape(-1, len(CLASS_NAMES))
     labels = _labels(labels, len(values))
     temperature = fit_temperature(values, labels)

@@ -60,7 +60,7 @@ class CamHead:
 
 
 def load_cam_head(path: str | os.PathLike, channels: int) -> CamHead:
-    """Read a head .npz (arrays kernel, bias) written by busi-convert; check its shapes."""
+    """Read a head .npz (arrays kernel, bias) written by busi convert; check its shapes."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             kernel, bias = archive["kernel"], archive["bias"]

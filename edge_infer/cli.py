@@ -26,7 +26,7 @@ from edge_infer.cam import png_bytes
 from edge_infer.classifier import Classifier, Result
 from edge_infer.decision import MODES, requested_mode
 from edge_infer.inputs import expand_inputs, labelled_csv, labelled_folder
-from edge_infer.manifest import ModelError, read_manifest
+from edge_infer.manifest import ModelError, models_dir, read_manifest
 from edge_infer.ood import POLICIES, ood_message
 from edge_infer.preprocess import ImageError
 from edge_infer.site_profile import fit_site_profile, profile_summary_lines, write_profile
@@ -312,7 +312,7 @@ def calibration_note(classifier: Classifier) -> str:
     calibration = classifier.calibration
     if calibration.temperature is None:
         return (f"{classifier.entry.key} has no fitted temperature: its probabilities are "
-                "uncalibrated (busi-calibrate fits one)")
+                "uncalibrated (python -m busi calibrate fits one)")
     return (f"probabilities calibrated with temperature {calibration.temperature:.3f}, "
             f"high-sensitivity threshold {calibration.threshold:.3f} (profile: "
             f"{calibration.profile})")
@@ -342,13 +342,14 @@ def info(as_json: bool) -> None:
                    f"{'—' if temperature is None else f'{temperature:.3f}':>6} "
                    f"{figures.get('accuracy', float('nan')):8.3f} "
                    f"{'' if agreement is None else f'{agreement:6.3f}':>6}  {entry['file']}"
-                   + ("" if entry.get("format") == "tflite" else
-                      "  (not run by edge-infer: use a TFLite variant)"))
+                   + ("  (not run by edge-infer: use a TFLite variant)"
+                      if entry.get("format") != "tflite" else
+                      "" if (models_dir() / entry["file"]).is_file() else "  (not installed)"))
     for key, entry in manifest["models"].items():
         missed = entry.get("verification", {}).get("targets_missed")
         if missed:
             click.echo(f"note: {key} was shipped although it misses {', '.join(missed)} "
-                       "(busi-convert --accept-missed-targets)")
+                       "(python -m busi convert --accept-missed-targets)")
 
 
 def _load_evaluation(plots: bool) -> ModuleType:

@@ -113,7 +113,10 @@ def resolve_model(name: str, manifest_file: str | os.PathLike | None = None,
             _refuse_unless_tflite(manifest, key)
         entry = _entry(manifest, key, folder)
         if not entry.path.is_file():
-            raise ModelError(f"model file missing: {entry.path}")
+            raise ModelError(f"model file missing: {entry.path}" + (
+                " (pip install . ships the int8 and float16 models only; set "
+                f"{MODELS_ENV} to a checkout's models/ folder for the others)"
+                if "site-packages" in entry.path.parts else ""))
     elif Path(name).is_file():
         digest = sha256_of(name)
         matches = [k for k, info in models.items() if info["sha256"] == digest]

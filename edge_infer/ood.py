@@ -18,7 +18,7 @@ Two cheap checks, on what the runtime already has:
 
 The parameters are fitted on the model's training split (BUSI, plus BUS-BRA's training patients
 for a model trained on both) and the feature threshold is chosen on the matching validation
-images for a stated false-alarm rate (`busi-ood-fit`, convert/ood_fit.py); both live
+images for a stated false-alarm rate (`python -m busi ood-fit`, convert/ood_fit.py); both live
 beside the model, in a sidecar .npz and its manifest entry ("ood"), checked by sha256 on load.
 `energy_score` and `max_softmax_score` are the logit-based scores the benchmark compares against.
 """
@@ -225,13 +225,13 @@ class OodDetector:
 
 def load_detector(info: dict, folder: str | os.PathLike, owner: str) -> OodDetector | None:
     """The detector a manifest entry lists under "ood" (its .npz sha256-checked), or None
-    when the entry has none (a model not yet fitted by busi-ood-fit)."""
+    when the entry has none (a model not yet fitted by python -m busi ood-fit)."""
     facts = info.get("ood")
     if facts is None:
         return None
     if facts.get("model_sha256") != info["sha256"]:
         raise OodError(f"{owner}: its OOD parameters were fitted for another model file: run "
-                       "busi-ood-fit again")
+                       "python -m busi ood-fit again")
     path = checked_sidecar(Path(folder), facts, owner)
     channels = int(info["feature_map"]["shape"][-1]) if "feature_map" in info else -1
     return OodDetector(load_feature_density(path, channels), float(facts["threshold"]),

@@ -1,6 +1,6 @@
 """The benchmark: its metric helpers on hand-computed cases, the ONNX input freezing, the
-target verdicts, a `--quick` run of `python -m benchmarks` written into a temporary folder, and
-a small run of the web app's load test (`python -m benchmarks.load`).
+target verdicts, a `--quick` run of `python -m busi bench` written into a temporary folder, and
+a small run of the web app's load test (`python -m busi load`).
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ def test_every_shipped_tflite_model_has_a_temperature_fitted_on_validation(
     tflite = {key: info for key, info in manifest["models"].items() if info["format"] == "tflite"}
     for key, info in tflite.items():
         images, labels, described = validation_sets[info["arch"]]
-        assert info.get("temperature") is not None, f"{key}: run busi-calibrate"
+        assert info.get("temperature") is not None, f"{key}: run python -m busi calibrate"
         assert info["temperature_fit"]["split"] == "val"
         assert info["temperature_fit"]["sets"] == described["sets"]
         assert info["temperature_fit"]["images"] == len(labels)

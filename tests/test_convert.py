@@ -1,4 +1,4 @@
-"""Keras -> TFLite conversion, the verification rules and `busi-convert` end to end.
+"""Keras -> TFLite conversion, the verification rules and `python -m busi convert` end to end.
 
 A tiny seeded Keras model (not EfficientNet) stands in for the trained one, so the whole
 file runs in seconds; the images are real BUSI validation/test images through the shared
@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from tensorflow.lite.tools import flatbuffer_utils
 
-from convert import verify
+from convert import tf_private, verify
 from convert.cli import main as convert_main
 from convert.int8_choices import INT8_RANGES
 from convert.tflite import (
@@ -29,7 +29,8 @@ from convert.tflite import (
     float32_weight_bytes,
     int8_converter,
 )
-from edge_infer.calibration import choose_threshold
+from edge_infer.calibration import apply_temperature, choose_threshold
+from edge_infer.classifier import Classifier
 from edge_infer.decision import argmax_indices
 from edge_infer.manifest import (
     MANIFEST_FILENAME,
@@ -47,6 +48,7 @@ from edge_infer.tflite_model import TFLiteModel
 from train.publish import keras_entry
 from train.recipe import TrainConfig
 
+REPO = Path(__file__).resolve().parent.parent
 ARCH = "efficientnet-lite0"
 SHIPPED_SPLIT = shipped_models_dir() / SPLIT_FILENAME
 INT8_STEP = 1 / 256
@@ -213,7 +215,7 @@ def test_compacting_keeps_every_tensor_quantization(tiny_model, val_split, conve
                                               getattr(after.quantization, field))
             assert before.quantization.quantizedDimension == after.quantization.quantizedDimension
     written = converted["int8"].read_bytes()
-    assert compacted(written) == written  # busi-convert writes it compacted already
+    assert compacted(written) == written  # python -m busi convert writes it compacted already
 
 
 def test_the_shipped_int8_computes_as_its_unshared_form(manifest, val_split, test_images,
@@ -382,11 +384,11 @@ def test_targets_for_float_variants_have_no_size_target(variant: str) -> None:
     assert set(verify.TARGETS) == set(VARIANTS)
 
 
-# --- busi-convert end to end ---------------------------------------------------------------
+# --- busi convert end to end ---------------------------------------------------------------
 
 
 def publish(folder: Path, model: keras.Model, make_default: bool = True) -> None:
-    """What `busi-publish [--default]` does: save models/<arch>.keras and its manifest entry."""
+    """What `busi publish [--default]` does: save models/<arch>.keras and its manifest entry."""
     run_dir = folder.parent / f"{folder.name}-run"
     run_dir.mkdir(exist_ok=True)
     config = TrainConfig(arch=ARCH, weights="random", head_epochs=0, finetune_epochs=1)
@@ -402,7 +404,7 @@ def publish(folder: Path, model: keras.Model, make_default: bool = True) -> None
 
 
 def make_models_dir(folder: Path, model: keras.Model, make_default: bool = True) -> Path:
-    """A models/ folder as `busi-publish [--default]` leaves it: split, Lite0 .keras, manifest."""
+    """A models/ folder as `busi publish [--default]` leaves it: split, Lite0 .keras, manifest."""
     folder.mkdir(parents=True)
     shutil.copy(SHIPPED_SPLIT, folder / SPLIT_FILENAME)
     publish(folder, model, make_default)
@@ -424,7 +426,7 @@ def loosen_size_target(patch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def passed_run(tiny_model, busi_root, tmp_path_factory):
-    """One `busi-convert --variants float32,int8` that meets its targets (size loosened)."""
+    """One `busi convert --variants float32,int8` that meets its targets (size loosened)."""
     folder = make_models_dir(tmp_path_factory.mktemp("passed") / "models", tiny_model)
     keras_sha = sha256_hex(folder / f"{ARCH}.keras")
     with pytest.MonkeyPatch.context() as patch:
@@ -436,8 +438,14 @@ def passed_run(tiny_model, busi_root, tmp_path_factory):
 def test_cli_converts_and_enters_the_variants(passed_run) -> None:
     result, folder, keras_sha = passed_run
     assert result.exit_code == 0, result.output
-    assert "manifest updated: efficientnet-lite0/float32, efficientnet-lite0/int8" in result.output
+    assert ("manifest updated: efficientnet-lite0/keras, efficientnet-lite0/float32, "
+            "efficientnet-lite0/int8") in result.output
     manifest = read_manifest(folder / MANIFEST_FILENAME)
+    # refitted in the same pass: temperatures of all three, input checks of the TFLite files
+    for key in manifest["models"]:
+        fit = manifest["models"][key]["temperature_fit"]
+        assert fit["images"] == len(split_files("val", SHIPPED_SPLIT))
+        assert manifest["models"][key]["temperature"] > 0
     assert set(manifest["models"]) == {f"{ARCH}/keras", f"{ARCH}/float32", f"{ARCH}/int8"}
     assert manifest["default_arch"] == ARCH
     assert manifest["split"]["sha256"] == sha256_hex(SHIPPED_SPLIT)
@@ -454,13 +462,16 @@ def test_cli_converts_and_enters_the_variants(passed_run) -> None:
         assert entry["class_names"] == list(CLASS_NAMES)
         assert entry["preprocessing"] == PREPROCESSING_ID
         assert (entry["calibration"] is not None) == (variant == "int8")
-        # the runtime accepts the new entry as it is
+        assert entry["ood"]["model_sha256"] == entry["sha256"]
+        assert (folder / entry["ood"]["file"]).is_file()
+        # the runtime accepts the new entry as it is, input check and calibration included
+        assert Classifier(variant, manifest_file=folder / MANIFEST_FILENAME).input_check
         assert resolve_model(variant, folder / MANIFEST_FILENAME).path == path
 
 
 def _written_is_conversion(folder: Path, model: keras.Model, calibration: np.ndarray,
                            int8_ranges: str) -> None:
-    """The int8 file busi-convert wrote is, byte for byte, the conversion with these ranges and
+    """The int8 file busi convert wrote is, byte for byte, the conversion with these ranges and
     not the one with the other choice (conversion is deterministic)."""
     written = (folder / f"{ARCH}-int8.tflite").read_bytes()
     assert written == convert_model(model, "int8", calibration, int8_ranges=int8_ranges)
@@ -530,9 +541,13 @@ def test_cli_threshold_is_chosen_on_the_variants_validation_probabilities(
     entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/{variant}"]
     images, labels = val_split
     probs = TFLiteModel(folder / entry["file"], threads=2).predict(images)
+    # the conversion check's threshold is on raw probabilities, the shipped one (refitted in
+    # the same pass) on the temperature-calibrated ones
+    assert entry["verification"]["threshold"] == choose_threshold(labels,
+                                                                  probs[:, MALIGNANT_INDEX])
+    calibrated = apply_temperature(probs, entry["temperature"])
     assert 0.0 <= entry["threshold"] <= 1.0
-    assert entry["threshold"] == choose_threshold(labels, probs[:, MALIGNANT_INDEX])
-    assert entry["verification"]["threshold"] == entry["threshold"]
+    assert entry["threshold"] == choose_threshold(labels, calibrated[:, MALIGNANT_INDEX])
 
 
 @pytest.mark.parametrize("variant", ["float32", "int8"])
@@ -672,7 +687,7 @@ def test_cli_explains_a_missing_manifest_or_model(tiny_model, busi_root, tmp_pat
 
 
 def test_cli_without_a_default_arch_asks_for_one(tiny_model, busi_root, tmp_path) -> None:
-    """`busi-publish` without --default leaves no default_arch: a message, not a KeyError."""
+    """`busi publish` without --default leaves no default_arch: a message, not a KeyError."""
     folder = make_models_dir(tmp_path / "models", tiny_model, make_default=False)
     assert "default_arch" not in read_manifest(folder / MANIFEST_FILENAME)
     result = run_convert(folder, busi_root)
@@ -682,3 +697,24 @@ def test_cli_without_a_default_arch_asks_for_one(tiny_model, busi_root, tmp_path
                                                str(folder), "--busi-dir", str(busi_root)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert "unknown model 'efficientnetb0/keras'" in result.output
+
+
+def test_every_private_tensorflow_call_is_there() -> None:
+    """convert/tf_private.py holds every call outside TensorFlow's public API; an upgrade that
+    moves one fails here, by name."""
+    assert tf_private.missing() == []
+
+
+def test_a_moved_private_call_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(tf_private._lite_convert, "mlir_quantize")
+    assert tf_private.missing() == ["tensorflow.lite.python.convert.mlir_quantize"]
+
+
+def test_no_private_tensorflow_call_outside_its_module() -> None:
+    private = ("tensorflow.lite.python", "tensorflow.python", "tensorflow.lite.tools",
+               "_experimental_")
+    found = [f"{path.relative_to(REPO)}: {token}" for path in sorted(REPO.glob("*/**/*.py"))
+             if path.parts[len(REPO.parts)] in ("convert", "train", "benchmarks", "edge_infer")
+             and path.name != "tf_private.py"
+             for token in private if token in path.read_text()]
+    assert not found, found

@@ -143,3 +143,35 @@ def test_plain_install_packages_only_the_runtime() -> None:
     assert all(owner(name) == "edge_infer" for name in packages), packages
     scripts = config["options.entry_points"]["console_scripts"].split("\n")
     assert [line.split("=")[0].strip() for line in scripts if line.strip()] == ["edge-infer"]
+
+
+def readme_bash_blocks() -> list[str]:
+    return re.findall(r"^```bash\n(.*?)^```$", (REPO / "README.md").read_text(), re.S | re.M)
+
+
+def test_readme_is_one_page_and_ci_runs_its_quick_start_word_for_word() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme) <= 10_000
+    runtime, development = readme_bash_blocks()[:2]
+    assert runtime.startswith("python3 -m venv .venv && .venv/bin/pip install . && "
+                              ".venv/bin/edge-infer ")
+    image = re.search(r'edge-infer "([^"]+)"', runtime).group(1)
+    assert (REPO / image).is_file() or not (REPO / "../shared").is_dir(), image
+    assert development.strip() == ('python3 -m venv .venv-dev && .venv-dev/bin/pip install '
+                                   '".[dev]" && .venv-dev/bin/python -m pytest')
+    ci = (REPO / ".ci" / "run").read_text()
+    assert 'bash -c "$(readme_command 1)"' in ci and 'bash -c "$(readme_command 2)"' in ci
+    extracted = [subprocess.run(["bash", "-c", ci.split("readme_command() {")[1].split("\n}")[0]
+                                 .split("\n", 1)[1].replace("$1", str(n))],
+                                cwd=REPO, capture_output=True, text=True).stdout
+                 for n in (1, 2)]
+    assert extracted == [runtime, development]
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    broken = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken, broken

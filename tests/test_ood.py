@@ -176,7 +176,7 @@ def record_of(classifier: Classifier, source: ImageSource) -> dict:
 def checked(classifier: Classifier) -> Classifier:
     """The shipped int8 classifier, which must have a fitted check."""
     assert classifier.input_check is not None, (f"{classifier.entry.key} has no OOD check in the "
-                                        "manifest: run busi-ood-fit")
+                                        "manifest: run python -m busi ood-fit")
     return classifier
 
 
@@ -267,12 +267,12 @@ def test_a_model_without_a_fitted_check_says_so(manifest: dict, scan: Path,
 @pytest.fixture(scope="module")
 def report(checked: Classifier) -> dict:
     if not REPORT.is_file():
-        pytest.fail(f"{REPORT} missing: run python -m benchmarks.ood_eval")
+        pytest.fail(f"{REPORT} missing: run python -m busi ood-eval")
     section = json.loads(REPORT.read_text())
     figures = section["variants"].get(checked.entry.key)
     assert figures is not None, f"{REPORT} has no {checked.entry.key}"
     assert figures["model"]["sha256"] == checked.entry.info["sha256"], (
-        f"{REPORT} was measured on another model file: run python -m benchmarks.ood_eval")
+        f"{REPORT} was measured on another model file: run python -m busi ood-eval")
     return figures["methods"]["shipped"]["flagged"]
 
 

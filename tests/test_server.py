@@ -458,7 +458,7 @@ def test_heatmap_in_headless_chromium(live_url: str, images: list[Path], classif
     """Ticking the heat-map box shows the upload, at its own size, with the map of the
     predicted class; unticking hides it."""
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run busi-convert)")
+        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
     from PIL import Image
 
     with _headless_chromium(tmp_path) as driver:

@@ -1,4 +1,4 @@
-"""`busi-train`: train a BUSI classifier with the seed's recipe and save it with its metrics."""
+"""`busi train`: train a BUSI classifier with the seed's recipe and save it with its metrics."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`busi-publish RUN_DIR`: ship a trained run's Keras model in models/ with its manifest entry."""
+"""`busi publish RUN_DIR`: ship a trained run's Keras model in models/ with its manifest entry."""
 
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ def main(run_dir: Path, make_default: bool) -> None:
     keras.models.load_model(run_dir / "model.keras", compile=False).save(target)
     update_manifest({f"{arch}/keras": keras_entry(run_dir, target)},
                     default_arch=arch if make_default else None)
-    click.echo(f"published {target}" + (f"; removed stale {', '.join(stale)}: run busi-convert"
-                                          if stale else ""))
+    stale_note = f"; removed stale {', '.join(stale)}: run python -m busi convert"
+    click.echo(f"published {target}" + (stale_note if stale else ""))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`busi-split`: write the grouped, stratified BUSI split manifest."""
+"""`python -m busi split`: write the grouped, stratified BUSI split manifest."""
 
 from __future__ import annotations
 
