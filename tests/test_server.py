@@ -124,7 +124,7 @@ def test_the_page_needs_nothing_from_outside() -> None:
 def test_serve_without_the_extra_is_one_error_line(monkeypatch: pytest.MonkeyPatch,
                                                    missing: str) -> None:
     monkeypatch.setitem(sys.modules, missing, None)  # makes `import <missing>` fail
-    monkeypatch.delitem(sys.modules, "edge_infer.server")  # so that it is imported again
+    monkeypatch.delitem(sys.modules, "edge_infer.web.app", raising=False)  # imported again
     result = CliRunner().invoke(main, ["serve"])
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and 'pip install ".[serve]"' in result.stderr
@@ -259,7 +259,7 @@ def test_health_model_and_openapi(client: TestClient, manifest: dict) -> None:
     for computed in ("argmax_prediction", "top2"):  # kept when refused: say it is no label
         assert "for inspection only" in fields[computed]["description"], computed
     assert set(fields) == DECISION_FIELDS | {"file", "model", "temperature", "profile",
-                                             *ood_fields(None, "refuse")}
+                                             *ood_fields(None, "refuse"), "notes"}
     assert {"413", "415", "422"} <= set(schema["paths"]["/predict"]["post"]["responses"])
     assert client.get("/docs").status_code == 200
 
@@ -346,11 +346,14 @@ def test_serve_builds_the_app_from_its_options(manifest: dict,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
-    result = CliRunner().invoke(main, ["serve", "--port", "8123", "--workers", "3",
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = CliRunner().invoke(main, ["serve", "--port", str(port), "--workers", "3",
                                        "--max-upload-mb", "2"])
     assert result.exit_code == 0, result.output
     (app, kwargs), = calls
-    assert kwargs == {"host": "127.0.0.1", "port": 8123}
+    assert kwargs == {"host": "127.0.0.1", "port": port}
     health = TestClient(app).get("/healthz").json()
     assert (health["workers"], health["max_upload_bytes"]) == (3, 2 * 2**20)
 
