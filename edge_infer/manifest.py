@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from edge_infer.jsonfile import JsonFileError, read_json
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING_ID
 
 MANIFEST_FILENAME = "manifest.json"
@@ -71,9 +73,9 @@ def read_manifest(path: str | os.PathLike | None = None) -> dict:
     if not path.is_file():
         raise ModelError(f"model manifest not found: {path}")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelError(f"model manifest {path} is not valid JSON: {err}") from None
+        manifest = read_json(path)
+    except JsonFileError as err:
+        raise ModelError(f"model manifest {path} {err}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("models"), dict):
         raise ModelError(f"model manifest {path} has no 'models' table")
     return manifest
@@ -82,6 +84,32 @@ def read_manifest(path: str | os.PathLike | None = None) -> dict:
 def _entry(manifest: dict, key: str, folder: Path) -> ModelEntry:
     info = manifest["models"][key]
     return ModelEntry(key=key, path=folder / info["file"], info=info)
+
+
+def _number(info: dict, field: str, key: str, low: float = -math.inf,
+            high: float = math.inf, optional: bool = False) -> None:
+    """ModelError (one line) unless info[field] is a finite number in [low, high] (or absent /
+    null when `optional`)."""
+    value = info.get(field)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and low <= value <= high):
+        raise ModelError(f"model manifest: {key}: {field} must be a finite number in "
+                         f"[{low}, {high}], got {value!r}")
+
+
+def check_entry_values(key: str, info: dict) -> None:
+    """Refuse an entry whose temperature, threshold or input-check thresholds are not finite
+    numbers in range: every decision the runtime makes is a comparison with them."""
+    _number(info, "threshold", key, 0.0, 1.0)
+    _number(info, "temperature", key, low=1e-6, optional=True)
+    ood = info.get("ood")
+    if ood is not None:
+        if not isinstance(ood, dict):
+            raise ModelError(f"model manifest: {key}: ood must be a table, got {ood!r}")
+        _number(ood, "threshold", f"{key} ood", optional=False)
+        _number(ood, "colour_threshold", f"{key} ood", 0.0, 1.0)
 
 
 def _refuse_unless_tflite(manifest: dict, key: str) -> None:
@@ -124,6 +152,7 @@ def resolve_model(name: str, manifest_file: str | os.PathLike | None = None,
             raise ModelError(f"{name} is not a model the manifest knows (sha256 {digest[:12]}…)")
         if tflite_only:
             _refuse_unless_tflite(manifest, matches[0])
+        check_entry_values(matches[0], models[matches[0]])
         return ModelEntry(key=matches[0], path=Path(name), info=models[matches[0]])
     else:
         known = ", ".join(sorted(models))
@@ -134,6 +163,7 @@ def resolve_model(name: str, manifest_file: str | os.PathLike | None = None,
             f"{entry.path} does not match the manifest (sha256 {digest[:12]}… != "
             f"{entry.info['sha256'][:12]}…): refusing a damaged or replaced model"
         )
+    check_entry_values(entry.key, entry.info)
     return entry
 
 

@@ -16,24 +16,29 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from edge_infer.spec import INPUT_SIZE
 
 ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image]
 
-MAX_PIXELS: int = 40_000_000
+# Ultrasound frames are a few megapixels; the caps bound what one decode can cost in memory.
+MAX_PIXELS: int = 16_000_000
+MAX_DECODED_BYTES: int = 3 * MAX_PIXELS  # an 8-bit RGB frame at the pixel cap; 16-bit or
+# 4-channel images (2-4 bytes a pixel) reach it with fewer pixels
 RESAMPLE = Image.Resampling.BILINEAR
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-# What Pillow's plugins raise on damaged data while seeking frames, loading or reading EXIF.
-DAMAGED_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError,
-                        KeyError, struct.error)
+SIXTEEN_BIT_ROWS = 256  # rows scaled to 8 bits at a time (bounds the temporary arrays)
+# Pillow's plugins raise almost anything on crafted or damaged data (ValueError for an
+# oversized zTXt chunk or a PPM size like '64+48', OSError, SyntaxError, struct.error, ...):
+# every exception while opening or decoding becomes the one ImageError "cannot read image".
+DAMAGED_IMAGE_ERRORS = (Exception,)
+MAX_REASON_CHARS = 160
 
 
 class ImageError(ValueError):
@@ -42,6 +47,12 @@ class ImageError(ValueError):
 
 class NotAnImage(ImageError):
     """Bytes no Pillow decoder recognises: a text file, an unsupported format."""
+
+
+def cannot_read(err: BaseException) -> ImageError:
+    """The one-line error for any exception a decoder raised: 'cannot read image: <reason>'."""
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:MAX_REASON_CHARS]
+    return ImageError(f"cannot read image: {reason}")
 
 
 @dataclass
@@ -76,13 +87,26 @@ def _open(source: ImageSource) -> Image.Image:
         raise ImageError("image too large (decompression-bomb guard)") from None
     except OSError as err:  # unreadable file, or a decoder that gives up on a damaged header
         raise ImageError(f"cannot read image: {err.strerror or err}") from None
+    except DAMAGED_IMAGE_ERRORS as err:
+        raise cannot_read(err) from None
 
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
-    """Scale 16-bit grey to 8 bits (0..65535 -> 0..255); Pillow's convert would clip instead."""
-    values = np.asarray(image, dtype=np.float64)
-    grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    """Scale 16-bit grey to 8 bits (0..65535 -> 0..255, rounded: (v + 128) // 257 equals
+    rint(v / 257) on integers); Pillow's convert would clip instead. Done a strip of rows at a
+    time so the temporary arrays stay small."""
+    values = np.asarray(image)
+    grey = np.empty(values.shape, dtype=np.uint8)
+    for start in range(0, values.shape[0], SIXTEEN_BIT_ROWS):
+        strip = values[start:start + SIXTEEN_BIT_ROWS].astype(np.int64)
+        grey[start:start + SIXTEEN_BIT_ROWS] = np.clip((strip + 128) // 257, 0, 255)
     return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Bytes the image's pixels take once decoded in its own mode (bands x sample size)."""
+    mode = ImageMode.getmode(image.mode)
+    return image.width * image.height * len(mode.bands) * np.dtype(mode.typestr).itemsize
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -123,13 +147,21 @@ def _decode(image: Image.Image) -> DecodedImage:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
             image.seek(0)
+        size = decoded_bytes(image)  # the mode is known from the header, before any pixel
+        if size > MAX_DECODED_BYTES:
+            raise ImageError(f"image too large: {width}x{height} {image.mode} is "
+                             f"{size / 2**20:.0f} MiB decoded (limit "
+                             f"{MAX_DECODED_BYTES / 2**20:.0f} MiB)")
         image.load()
         image = ImageOps.exif_transpose(image)
+        rgb = _to_rgb(image)
+    except ImageError:
+        raise
     except DAMAGED_IMAGE_ERRORS as err:
-        raise ImageError(f"corrupt or truncated image: {str(err) or type(err).__name__}") from None
+        raise cannot_read(err) from None
     if frames > 1:
         notes.append(f"multi-frame image ({frames} frames): used the first frame")
-    return DecodedImage(_to_rgb(image), notes)
+    return DecodedImage(rgb, notes)
 
 
 def to_model_input(image: Image.Image) -> np.ndarray:

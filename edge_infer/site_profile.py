@@ -24,6 +24,7 @@ from edge_infer.calibration import (
     at_search_bound,
     fit_calibration,
 )
+from edge_infer.jsonfile import JsonFileError, read_json
 from edge_infer.manifest import ModelEntry, ModelError, sha256_of
 from edge_infer.rates import (
     BOOTSTRAP_RESAMPLES,
@@ -36,6 +37,7 @@ from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
 
 PROFILE_KIND = "busi-edge site profile"
 SCHEMA_VERSION = 1
+MAX_PROFILE_BYTES = 2**20  # a written profile is a few KiB
 # Below 20 malignant images one miss is already more than 5 %: the threshold must catch every
 # one of them and says little about the next malignant lesion.
 MIN_MALIGNANT = 20
@@ -197,10 +199,9 @@ def load_profile(path: str | os.PathLike, entry: ModelEntry) -> Calibration:
     be read, is not a site profile, or was fitted for another model file than `entry`'s."""
     path = Path(path)
     try:
-        profile = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProfileError(f"cannot read site profile {path}: "
-                           f"{getattr(err, 'strerror', None) or err}") from None
+        profile = read_json(path, MAX_PROFILE_BYTES)
+    except JsonFileError as err:
+        raise ProfileError(f"cannot read site profile {path}: {err}") from None
     if not isinstance(profile, dict) or profile.get("kind") != PROFILE_KIND:
         raise ProfileError(f"{path} is not a site profile (made by `edge-infer calibrate`)")
     if profile.get("schema_version") != SCHEMA_VERSION:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from required import missing
 
 from edge_infer.classifier import Classifier
 from edge_infer.manifest import ModelError, read_manifest
@@ -18,7 +19,7 @@ def busi_root() -> Path:
     try:
         return resolve_busi_dir()
     except FileNotFoundError as err:
-        pytest.skip(f"BUSI dataset absent: {err}")
+        missing(f"BUSI dataset absent: {err}")
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,7 @@ def manifest() -> dict:
     try:
         return read_manifest()
     except ModelError as err:
-        pytest.skip(f"no models shipped: {err}")
+        missing(f"no models shipped: {err}")
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +46,7 @@ def bus_bra_root() -> Path:
     try:
         return resolve_bus_bra_dir()
     except FileNotFoundError as err:
-        pytest.skip(f"BUS-BRA absent: {err}")
+        missing(f"BUS-BRA absent: {err}")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from required import missing
 
 from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
 from benchmarks.plots import PLOTS
@@ -287,7 +288,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, busi_root: Path) -> tupl
     manifest = read_manifest(manifest_file) if manifest_file.is_file() else {"models": {}}
     keras_entry = manifest["models"].get(f"{manifest.get('default_arch')}/keras")
     if not keras_entry or not (models_dir() / keras_entry["file"]).is_file():
-        pytest.skip(f"no trained Keras model in {models_dir()} (set EDGE_INFER_MODELS)")
+        missing(f"no trained Keras model in {models_dir()} (set EDGE_INFER_MODELS)")
     out = tmp_path_factory.mktemp("bench")
     done = subprocess.run([sys.executable, "-m", "busi", "bench", "--quick", "--out", str(out),
                            "--busi-dir", str(busi_root)],
@@ -333,7 +334,7 @@ def test_quick_run_measures_every_variant(quick_run: tuple[dict, Path]) -> None:
 def test_quick_run_int8_path_has_no_tensorflow(quick_run: tuple[dict, Path]) -> None:
     variants = quick_run[0]["variants"]
     if "tflite-int8" not in variants:
-        pytest.skip("no int8 model in the manifest")
+        missing("no int8 model in the manifest")
     int8, keras = variants["tflite-int8"]["cold_start"], variants["keras"]["cold_start"]
     assert not int8["tensorflow_imported"] and keras["tensorflow_imported"]
     assert int8["peak_rss_mib"] < keras["peak_rss_mib"]  # the child's own peak, not the parent's
@@ -444,7 +445,7 @@ def test_evaluate_reproduces_the_reports_external_figures(quick_run: tuple[dict,
     root = external_dir()
     int8 = results["external"].get("variants", {}).get("tflite-int8")
     if root is None or int8 is None:
-        pytest.skip("no external test set, or no int8 model")
+        missing("no external test set, or no int8 model")
     table = tmp_path / LABELS_FILENAME
     table.write_text("file,label\n" + "".join(
         f"{root / file},{CLASS_NAMES[label]}\n"

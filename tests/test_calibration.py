@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from required import missing
 
 from convert.validation import trained_on_bus_bra, validation_set
 from edge_infer.calibration import (
@@ -675,7 +676,7 @@ def test_external_halves_split_by_case_stratified_and_fixed() -> None:
     try:
         root = resolve_external_dir()
     except FileNotFoundError as err:
-        pytest.skip(f"external test set absent: {err}")
+        missing(f"external test set absent: {err}")
     found = labelled_csv(root / "labels.csv")
     files = [path.relative_to(root).as_posix() for path, _ in found.items]
     labels = np.array([CLASS_NAMES.index(label) for _, label in found.items])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from required import missing
 
 from benchmarks import cam_eval
 from edge_infer.cam import (
@@ -286,7 +287,7 @@ def keras_model(manifest: dict, classifier: Classifier):
 @pytest.fixture(scope="module")
 def scored(lesion_rows, busi_root: Path, classifier: Classifier, keras_model) -> list[dict]:
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
+        missing("the shipped int8 model has no feature-map output (run python -m busi convert)")
     return cam_eval.per_image_scores([busi_root / r.file for r in lesion_rows],
                                      [r.label for r in lesion_rows], classifier, keras_model)
 
@@ -303,7 +304,7 @@ def test_shipped_feature_map_and_head_give_the_models_probabilities(
     """The head file belongs to the model: softmax(pooled features @ W + b) reproduces the int8
     model's own (dequantized) probabilities to within a few output steps."""
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
+        missing("the shipped int8 model has no feature-map output (run python -m busi convert)")
     step = classifier.entry.info["output"]["quantization"]["scale"]
     for row in lesion_rows[:8]:
         output = interpreter(classifier).run(preprocess_image(busi_root / row.file))
@@ -396,7 +397,7 @@ def exif_rotated(source: Path, target: Path) -> Path:
 def test_cli_heatmap_has_the_images_size_and_leaves_the_result_alone(
         classifier: Classifier, scan: Path, tmp_path: Path) -> None:
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
+        missing("the shipped int8 model has no feature-map output (run python -m busi convert)")
     out = tmp_path / "heat.png"
     plain = run("--json", "--quiet", scan)
     with_map = run("--json", scan, "--heatmap", out)
@@ -414,7 +415,7 @@ def test_cli_heatmap_has_the_images_size_and_leaves_the_result_alone(
 def test_cli_heatmap_of_an_exif_rotated_image_is_drawn_on_it_as_displayed(
         classifier: Classifier, scan: Path, tmp_path: Path) -> None:
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
+        missing("the shipped int8 model has no feature-map output (run python -m busi convert)")
     rotated = exif_rotated(scan, tmp_path / "rotated.png")
     stored = size_of(rotated)
     displayed = decode_image(rotated).image
@@ -447,7 +448,7 @@ def test_cli_writes_no_heatmap_for_an_image_refused_as_not_ultrasound(
     """As the web API: a refused image gets no label and no map (one note says so); with
     --ood warn it is labelled, so its map is written."""
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
+        missing("the shipped int8 model has no feature-map output (run python -m busi convert)")
     out = tmp_path / "heat.png"
     refused = run("--json", not_ultrasound, "--heatmap", out)
     assert refused.exit_code == 5, refused.output
@@ -477,7 +478,7 @@ def test_cli_heatmap_name_must_end_in_png(name: str, scan: Path, tmp_path: Path)
 def test_cli_heatmap_name_suffix_is_case_insensitive(classifier: Classifier, scan: Path,
                                                      tmp_path: Path) -> None:
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
+        missing("the shipped int8 model has no feature-map output (run python -m busi convert)")
     out = tmp_path / "HEAT.PNG"
     result = run("--quiet", scan, "--heatmap", out)
     assert result.exit_code == 0, result.output
@@ -513,7 +514,7 @@ def test_cli_heatmap_refuses_a_model_without_a_feature_map(hand_built, busi_root
 def test_classifier_refuses_a_changed_head_file(manifest: dict, classifier: Classifier,
                                                 tmp_path: Path) -> None:
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
+        missing("the shipped int8 model has no feature-map output (run python -m busi convert)")
     info = classifier.entry.info
     shutil.copy(classifier.entry.path, tmp_path / info["file"])
     for facts in info.values():  # every sidecar the entry vouches for: the head among them
@@ -548,7 +549,7 @@ def client(manifest: dict):
 def test_api_heatmap_is_asked_for_and_has_the_uploads_size(client, classifier: Classifier,
                                                            scan: Path, tmp_path: Path) -> None:
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
+        missing("the shipped int8 model has no feature-map output (run python -m busi convert)")
     rotated = exif_rotated(scan, tmp_path / "rotated.png")
     files = {"file": (rotated.name, rotated.read_bytes(), "image/png")}
     plain = client.post("/predict", files=files)

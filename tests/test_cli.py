@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner, Result
 from fake_images import png_header_only
 from PIL import Image
+from required import missing
 
 from edge_infer import manifest as manifest_module
 from edge_infer.classifier import Classifier
@@ -401,7 +402,7 @@ def test_other_variants_report_their_own_model(variant: str, manifest: dict,
                                                test_images: list[Path]) -> None:
     key = model_key(manifest, variant)
     if key not in manifest["models"]:
-        pytest.skip(f"the manifest has no {key}")
+        missing(f"the manifest has no {key}")
     images = test_images[:2]
     result = run("--json", "--model", variant, *images)
     assert_exit(result, 0)
@@ -433,7 +434,7 @@ def keras_entry(manifest: dict) -> tuple[str, list[str]]:
     keys = [key for key, info in manifest["models"].items()
             if info["arch"] == arch and info["format"] == "keras"]
     if not keys:
-        pytest.skip(f"no Keras entry for {arch} in the manifest")
+        missing(f"no Keras entry for {arch} in the manifest")
     return keys[0], [info["variant"] for info in manifest["models"].values()
                      if info["arch"] == arch and info["format"] == "tflite"]
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fake_images import png_header_only
 from PIL import Image
+from required import missing
 
 from edge_infer import preprocess
 from edge_infer.preprocess import ImageError, decode_image, preprocess_image, to_model_input
@@ -74,7 +75,7 @@ def busi_grey(busi_root: Path) -> Path:
         with Image.open(busi_root / rel) as image:
             if image.mode == "L":
                 return busi_root / rel
-    pytest.skip("no grayscale BUSI file found")
+    missing("no grayscale BUSI file found")
 
 
 def test_busi_shape_dtype_and_determinism(busi_samples: list[Path]) -> None:
@@ -142,7 +143,7 @@ def busi_colour(busi_root: Path) -> list[Path]:
             if image.mode == "RGB":
                 found.append(busi_root / rel)
     if not found:
-        pytest.skip("no RGB BUSI file found")
+        missing("no RGB BUSI file found")
     return found
 
 

@@ -23,6 +23,7 @@ import uvicorn
 from click.testing import CliRunner
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from required import missing
 
 from edge_infer.classifier import Classifier, Result
 from edge_infer.cli import main
@@ -154,7 +155,7 @@ def test_a_refused_upload_gets_no_heatmap(client: TestClient, classifier: Classi
     """No heat-map for a withheld label; the record is still the classifier's (prediction
     null, what the model computed kept); --ood warn labels it and draws the map."""
     if not classifier.has_heatmap:
-        pytest.skip(f"{classifier.entry.key} gives no heat-map (no feature-map output)")
+        missing(f"{classifier.entry.key} gives no heat-map (no feature-map output)")
     refused = post(client, not_ultrasound, {"heatmap": "true"}).json()
     assert refused == expected(classifier, not_ultrasound)
     assert refused["prediction"] is None and refused["argmax_prediction"] in CLASS_NAMES
@@ -461,7 +462,7 @@ def test_heatmap_in_headless_chromium(live_url: str, images: list[Path], classif
     """Ticking the heat-map box shows the upload, at its own size, with the map of the
     predicted class; unticking hides it."""
     if not classifier.has_heatmap:
-        pytest.skip("the shipped int8 model has no feature-map output (run python -m busi convert)")
+        missing("the shipped int8 model has no feature-map output (run python -m busi convert)")
     from PIL import Image
 
     with _headless_chromium(tmp_path) as driver:

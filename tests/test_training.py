@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from required import missing
 
 keras = pytest.importorskip("keras", reason="training extra ([train]) not installed")
 
@@ -35,7 +36,7 @@ WEIGHTS = PROJECT_ROOT / LITE0_WEIGHTS_FILE
 @pytest.fixture(scope="module")
 def lite0_tensors():
     if not WEIGHTS.is_file():
-        pytest.skip(f"offline Lite0 weights absent: {WEIGHTS}")
+        missing(f"offline Lite0 weights absent: {WEIGHTS}")
     return read_lite0_tensors(WEIGHTS)
 
 
