@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from convert.int8_choices import DEFAULT_INT8_RANGES, INT8_RANGES, RANGE_NOTES
+from convert.validation import validation_set
 from edge_infer.manifest import (
     MANIFEST_FILENAME,
     SPLIT_FILENAME,
@@ -37,7 +38,7 @@ from edge_infer.tflite_model import TFLiteModel
 from train.datasets import resolve_busi_dir
 
 DEFAULT_VARIANTS = "float32,float16,int8"
-CALIBRATION = "all BUSI validation images of the split manifest (preprocess_image, uint8)"
+CALIBRATION = "all {} images of the split manifests (preprocess_image, uint8)"
 VERIFICATION_NOTE = ("the conversion check against Keras, on uncalibrated probabilities with a "
                      "threshold chosen on them (BUSI validation split); the refit then sets "
                      "the entry's temperature and threshold, which the runtime applies")
@@ -48,13 +49,14 @@ def _predict(model: TFLiteModel, images: np.ndarray, desc: str) -> np.ndarray:
                      for image in tqdm(images, desc=desc, leave=False)])
 
 
-def _single_output_probs(model, variant: str, data: dict, threads: int, scratch: Path,
+def _single_output_probs(model, variant: str, data: dict, calibration: np.ndarray,
+                         threads: int, scratch: Path,
                          int8_ranges: str) -> dict[str, np.ndarray]:
     """Probabilities of the variant converted without the feature-map output (the check that
     the extra output changes nothing)."""
     from convert.tflite import convert_model
 
-    scratch.write_bytes(convert_model(model, variant, data["val"][0], feature_map=False,
+    scratch.write_bytes(convert_model(model, variant, calibration, feature_map=False,
                                       int8_ranges=int8_ranges))
     try:
         single = TFLiteModel(scratch, threads)
@@ -130,6 +132,7 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
     model = keras.models.load_model(source.path)
     data = {split: load_images(split_files(split, split_file), root, desc=split)
             for split in ("val", "test")}
+    calibration, _, calibration_sets = validation_set(manifest_file, arch, busi_dir)
     labels = {split: data[split][1] for split in data}
     keras_probs = {split: model.predict(data[split][0].astype(np.float32), batch_size=32,
                                         verbose=0) for split in data}
@@ -149,7 +152,7 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         # the file an existing manifest entry vouches for.
         candidate = path.with_name(path.name + ".tmp")
         try:
-            converted = convert_model(model, variant, data["val"][0], int8_ranges=int8_ranges)
+            converted = convert_model(model, variant, calibration, int8_ranges=int8_ranges)
         except ValueError as err:  # e.g. refined ranges on a model without an input Rescaling
             raise click.ClickException(f"{arch} -> {variant}: {err} (--int8-ranges minmax "
                                        "converts without it)") from None
@@ -160,7 +163,7 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
         del tflite  # release the mapped file before it is moved or removed
         report = evaluate_variant(labels, probs, keras_probs)
         extra_output = feature_output_report(
-            _single_output_probs(model, variant, data, threads,
+            _single_output_probs(model, variant, data, calibration, threads,
                                  path.with_name(path.name + ".1out.tmp"), int8_ranges), probs)
         size = candidate.stat().st_size
         size_ratio = baseline_bytes / size
@@ -186,8 +189,8 @@ def main(arch: str | None, variants: str, busi_dir: str | None, threads: int,
             "threshold": report["threshold"],
             "threshold_rule": "highest T with malignant recall >= 0.95 on the validation split",
             "source_model": {"file": source.info["file"], "sha256": source.info["sha256"]},
-            "calibration": (f"{CALIBRATION}; {RANGE_NOTES[int8_ranges]}"
-                            if variant == "int8" else None),
+            "calibration": (f"{CALIBRATION.format(' + '.join(calibration_sets['sets']))}; "
+                            f"{RANGE_NOTES[int8_ranges]}" if variant == "int8" else None),
             "made_by": f"python -m busi convert (tensorflow {_tf_version()}, keras "
                        f"{keras.__version__})",
             "verification": {"note": VERIFICATION_NOTE, **report, "targets": targets,

@@ -54,7 +54,8 @@ def activation_samples(calibrated: bytes, tensors: list[int], images: np.ndarray
     """Up to SAMPLES_PER_IMAGE values of each tensor per image, from the float model."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True,
+                              num_threads=1)
     interpreter.allocate_tensors()
     source = interpreter.get_input_details()[0]["index"]
     rng = np.random.default_rng(seed)
