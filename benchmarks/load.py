@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import shlex
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Union
@@ -31,6 +33,7 @@ from benchmarks.cli import DEFAULT_OUT
 from benchmarks.latency import child_env
 from benchmarks.machine import machine_info
 from edge_infer.splits import split_files
+from edge_infer.web.guard import TOKEN_ENV
 from train.datasets import resolve_busi_dir
 
 SCHEMA_VERSION = 1
@@ -52,12 +55,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_until_up(url: str, server: subprocess.Popen, log: IO[str], deadline: float) -> dict:
+def _wait_until_up(url: str, server: subprocess.Popen, log: IO[str], deadline: float,
+                   token: str | None = None) -> dict:
     """The server's /healthz answer; RuntimeError with its log if it exits or the deadline
     passes first."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     while time.monotonic() < deadline and server.poll() is None:
         try:
-            response = httpx.get(f"{url}/healthz", timeout=1.0, trust_env=False)
+            response = httpx.get(f"{url}/healthz", timeout=1.0, trust_env=False,
+                                 headers=headers)
             if response.status_code == 200:
                 return response.json()
         except httpx.TransportError:
@@ -67,20 +73,42 @@ def _wait_until_up(url: str, server: subprocess.Popen, log: IO[str], deadline: f
     raise RuntimeError(f"the server did not answer /healthz:\n{log.read()[-3000:]}")
 
 
+@dataclass
+class Server:
+    """A running `edge-infer serve`: base URL, /healthz answer, arguments, log file, pid."""
+
+    url: str
+    health: dict
+    args: list[str]
+    log: Path
+    pid: int
+
+
+def _limit_open_files(limit: int | None) -> Callable[[], None] | None:
+    """A preexec_fn that sets the child's open-file limit (as `ulimit -n` would), or None."""
+    if limit is None:
+        return None
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 @contextmanager
-def served(model: str, workers: int, threads: int,
-           deadline: float) -> Iterator[tuple[str, dict, list[str]]]:
-    """`edge-infer serve` on a free loopback port, once /healthz answers: its base URL, health
-    and arguments. The server is stopped on the way out."""
+def served(model: str, workers: int, threads: int, deadline: float,
+           extra_args: tuple[str, ...] = (), open_files: int | None = None,
+           env: dict[str, str] | None = None) -> Iterator[Server]:
+    """`edge-infer serve` on a free loopback port (with `extra_args`, at most `open_files`
+    open files), once /healthz answers. The server is stopped on the way out."""
     port = free_port()
     args = ["serve", "--host", HOST, "--port", str(port), "--model", model,
-            "--threads", str(threads), "--workers", str(workers)]
-    with tempfile.TemporaryFile("w+") as log:
+            "--threads", str(threads), "--workers", str(workers), *extra_args]
+    with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "server.log", "w+") as log:
         server = subprocess.Popen([sys.executable, "-c", "from edge_infer.cli import main; main()",
-                                   *args], stdout=log, stderr=subprocess.STDOUT, env=child_env())
+                                   *args], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**child_env(), **(env or {})},
+                                  preexec_fn=_limit_open_files(open_files))
         try:
             url = f"http://{HOST}:{port}"
-            yield url, _wait_until_up(url, server, log, deadline), args
+            health = _wait_until_up(url, server, log, deadline, (env or {}).get(TOKEN_ENV))
+            yield Server(url, health, args, Path(log.name), server.pid)
         finally:
             server.terminate()
             try:
@@ -155,7 +183,8 @@ def run_load(root: Path, requests: int = 200, clients: int = 8, workers: int = 2
     rows = split_files("test")[:requests]
     uploads = [(Path(row.file).name, (root / row.file).read_bytes()) for row in rows]
     machine = machine_info()
-    with served(model, workers, threads, deadline) as (url, health, args):
+    with served(model, workers, threads, deadline) as server:
+        url, health, args = server.url, server.health, server.args
         try:
             measured = asyncio.run(asyncio.wait_for(
                 _measure(url, uploads, requests, clients, timeout_s), deadline - time.monotonic()))

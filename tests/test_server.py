@@ -33,6 +33,7 @@ from edge_infer.preprocess import decode_image
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.splits import split_files
 from edge_infer.tflite_model import ModelOutput
+from edge_infer.web import serving
 from edge_infer.web.app import FORM_OVERHEAD_BYTES, STATIC_DIR, create_app
 
 SMALL_LIMIT = 2000  # bytes: every BUSI image is larger
@@ -348,12 +349,15 @@ def test_inference_does_not_block_the_event_loop(live_url: str, images: list[Pat
 def test_serve_builds_the_app_from_its_options(manifest: dict,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    monkeypatch.setattr(serving, "serve_app",
+                        lambda app, *args, **kwargs: calls.append((app, args, kwargs)))
     result = CliRunner().invoke(main, ["serve", "--port", "8123", "--workers", "3",
-                                       "--max-upload-mb", "2"])
+                                       "--max-upload-mb", "2", "--max-connections", "20",
+                                       "--header-timeout", "4"], env={"EDGE_INFER_TOKEN": ""})
     assert result.exit_code == 0, result.output
-    (app, kwargs), = calls
-    assert kwargs == {"host": "127.0.0.1", "port": 8123}
+    (app, args, kwargs), = calls
+    assert args == ("127.0.0.1", 8123)
+    assert kwargs == {"max_connections": 20, "header_timeout_s": 4.0}
     health = TestClient(app).get("/healthz").json()
     assert (health["workers"], health["max_upload_bytes"]) == (3, 2 * 2**20)
 
