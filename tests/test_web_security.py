@@ -320,30 +320,3 @@ def test_log_lines_are_rate_limited_and_one_line() -> None:
                         "[Errno 24] Too many open files")
     assert lines[-1].startswith("log rate limit (10 lines a minute) reached")
 
-
-def test_the_page_asks_for_the_token_once_in_headless_chromium(manifest: dict, scan: Path,
-                                                               tmp_path: Path) -> None:
-    """Upload refused without the token; typed once, the upload is classified, and after a
-    reload the page still has it (localStorage)."""
-    from test_server import _headless_chromium, running
-
-    with running(create_app(workers=1, token=TOKEN)) as url, \
-            _headless_chromium(tmp_path) as driver:
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        wait = WebDriverWait(driver, 30)
-        driver.get(url)
-        field = driver.find_element(By.ID, "token-field")
-        wait.until(lambda _: field.is_displayed())
-        driver.find_element(By.ID, "file").send_keys(str(scan.resolve()))
-        error = driver.find_element(By.ID, "error")
-        wait.until(lambda _: "access token" in error.text)
-        driver.find_element(By.ID, "token").send_keys(TOKEN, Keys.TAB)
-        result = driver.find_element(By.ID, "result")
-        wait.until(lambda _: result.is_displayed() and result.get_attribute("data-file")
-                   == scan.name)
-        driver.refresh()
-        wait.until(lambda _: driver.find_element(By.ID, "token").get_attribute("value") == TOKEN)
-        driver.save_screenshot(str(tmp_path / "token.png"))

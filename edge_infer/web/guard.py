@@ -50,7 +50,7 @@ def check_token(token: str) -> str:
 def machine_names() -> set[str]:
     """Names this machine answers to on a clinic network: its host name, with .local (mDNS)."""
     name = socket.gethostname().lower()
-    return {"localhost", name, f"{name}.local", socket.getfqdn().lower()}
+    return {"localhost", name, f"{name}.local"}  # no getfqdn(): a DNS lookup can hang
 
 
 def _host_and_port(host_header: str, scheme: str) -> tuple[str, int | None]:
