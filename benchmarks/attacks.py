@@ -124,8 +124,10 @@ async def _attacker(port: int, payload: bytes, until: float) -> bool:
         await writer.drain()
         await asyncio.wait_for(reader.read(), max(0.0, until - time.monotonic()))
         return True
-    except (asyncio.TimeoutError, OSError):
+    except asyncio.TimeoutError:
         return False
+    except OSError:  # reset by the server: closed too
+        return True
     finally:
         writer.close()
 

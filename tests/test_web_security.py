@@ -320,3 +320,47 @@ def test_log_lines_are_rate_limited_and_one_line() -> None:
                         "[Errno 24] Too many open files")
     assert lines[-1].startswith("log rate limit (10 lines a minute) reached")
 
+
+
+def test_request_bodies_held_at_once_are_budgeted() -> None:
+    """A body that would take the bytes held by all requests over the budget is 503; the
+    budget frees up when a request ends."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from edge_infer.web.body_limit import BodySizeLimit
+
+    release = threading.Event()
+
+    async def hold(request: Request) -> PlainTextResponse:
+        body = await request.body()
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        return PlainTextResponse(str(len(body)))
+
+    app = Starlette(routes=[Route("/", hold, methods=["POST"])])
+    app.add_middleware(BodySizeLimit, max_bytes=4000, message="too large", budget_bytes=5000)
+    with TestClient(app) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/", content=bytes(3000))
+        time.sleep(0.5)
+        refused = client.post("/", content=bytes(3000))
+        release.set()
+        assert first.result(10).text == "3000"
+        assert client.post("/", content=bytes(3000)).text == "3000"  # the budget freed up
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+
+
+def test_other_libraries_logs_share_the_budget(capfd: pytest.CaptureFixture) -> None:
+    """python-multipart warns once per malformed form, asyncio once per failed accept(): the
+    served configuration routes them through the rate-limited handlers."""
+    serving.server_config(None, "127.0.0.1", 8000)
+    for _ in range(200):
+        logging.getLogger("python_multipart.multipart").warning("Found invalid character")
+    logging.getLogger("asyncio").error("socket.accept() out of system resource")
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == serving.LOG_LINES_PER_MINUTE + 1
+    assert "log rate limit" in lines[-1]

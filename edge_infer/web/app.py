@@ -34,6 +34,8 @@ UNSUPPORTED, UNPROCESSABLE, BUSY = 415, 422, 503
 QUEUE_PER_WORKER = 16  # requests that may wait for a free worker, per worker (they hold
 # only their upload: decoding waits for the slot)
 QUEUE_WAIT_S = 30.0
+UPLOAD_BUDGET_BYTES = 64 * 2**20  # request bodies held at once, all requests together (at
+# least one upload of the largest size)
 DESCRIPTION = ("Classify a breast-ultrasound image as normal / benign / malignant. "
                "**A research tool, not a diagnosis**: not validated for clinical use.")
 
@@ -64,7 +66,9 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
     app = FastAPIOffline(title="busi-edge", description=DESCRIPTION, redoc_url=None)
     app.state.pool = pool
     app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD_BYTES,
-                       message=too_large, timeout_s=body_timeout_s)
+                       message=too_large, timeout_s=body_timeout_s,
+                       budget_bytes=max(UPLOAD_BUDGET_BYTES,
+                                        max_upload_bytes + FORM_OVERHEAD_BYTES))
     # outermost: a refused request's body is never read
     app.add_middleware(AccessGuard, token=token, allowed_hosts=tuple(allowed_hosts))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -4,7 +4,8 @@ and 408 to one that does not arrive in time.
 A declared Content-Length over the limit is refused before any byte is read; a body without
 one (chunked) is counted as it streams in and refused as soon as the count passes the limit.
 The whole body must arrive within `timeout_s` of the request's start (a slow upload holds a
-connection and its bytes in memory).
+connection and its bytes in memory), and all requests together may hold at most
+`budget_bytes` of body at once (503 with Retry-After beyond: uploads are kept in memory).
 """
 
 from __future__ import annotations
@@ -18,20 +19,25 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge_infer.web.defaults import DEFAULT_BODY_TIMEOUT_S
+from edge_infer.web.limits import RETRY_AFTER_S
 
-TOO_LARGE, TIMEOUT = 413, 408
+TOO_LARGE, TIMEOUT, BUSY = 413, 408, 503
 
 
 class BodySizeLimit:
-    """Refuse request bodies larger than `max_bytes` with 413 and `{"detail": message}`, and
-    bodies not received within `timeout_s` with 408."""
+    """Refuse request bodies larger than `max_bytes` with 413 and `{"detail": message}`,
+    bodies not received within `timeout_s` with 408, and bodies that would take the bytes
+    held by all requests over `budget_bytes` with 503 (None: no budget)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, message: str,
-                 timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+                 budget_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.message = message
         self.timeout_s = timeout_s
+        self.budget_bytes = budget_bytes
+        self.held = 0  # body bytes received by requests still in work (one event loop)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,9 +63,18 @@ class BodySizeLimit:
                                     f"within {self.timeout_s:g} s") from None
             if message["type"] == "http.request":
                 complete = not message.get("more_body", False)
-                received += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                received += size
+                self.held += size
                 if received > self.max_bytes:
                     raise HTTPException(TOO_LARGE, self.message)
+                if self.budget_bytes is not None and self.held > self.budget_bytes:
+                    raise HTTPException(BUSY, "the server is busy receiving other uploads: "
+                                        "try again in a few seconds",
+                                        {"Retry-After": str(RETRY_AFTER_S)})
             return message
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self.held -= received

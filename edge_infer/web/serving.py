@@ -32,7 +32,6 @@ TIMEOUT_BODY = b"request headers took too long\n"
 TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
                     b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(TIMEOUT_BODY)
                     + TIMEOUT_BODY)
-LOGGERS = ("uvicorn.error", "uvicorn.access", "asyncio")
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -132,19 +131,18 @@ class LogRateLimit(logging.Filter):
 
 
 def limit_logs(per_minute: int = LOG_LINES_PER_MINUTE) -> None:
-    """Route asyncio's log through uvicorn's handlers and rate-limit all of them (one budget
-    for errors, one for the access log)."""
+    """Rate-limit uvicorn's log (one budget for errors, one for the access log) and send every
+    other library's records (asyncio's failed accept()s, python-multipart's warnings on a
+    malformed form, ...) through the same error handlers and budget, via the root logger."""
     errors, access = LogRateLimit(per_minute), LogRateLimit(per_minute, one_line=False)
-    error_handlers = logging.getLogger("uvicorn.error").handlers or logging.getLogger(
-        "uvicorn").handlers
-    asyncio_log = logging.getLogger("asyncio")
+    error_handlers = logging.getLogger("uvicorn").handlers
+    root = logging.getLogger()
     for handler in error_handlers:
-        if handler not in asyncio_log.handlers:
-            asyncio_log.addHandler(handler)
-    asyncio_log.propagate = False
-    for name in LOGGERS:
-        for handler in logging.getLogger(name).handlers or logging.getLogger("uvicorn").handlers:
-            handler.addFilter(access if name == "uvicorn.access" else errors)
+        handler.addFilter(errors)
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    for handler in logging.getLogger("uvicorn.access").handlers:
+        handler.addFilter(access)
 
 
 def server_config(app: Any, host: str, port: int,
