@@ -32,6 +32,11 @@ from edge_infer.preprocess import ImageError
 from edge_infer.site_profile import fit_site_profile, profile_summary_lines, write_profile
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.tflite_model import InterpreterMissing
+from edge_infer.web.defaults import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+)
 
 EXIT_MODEL = 1
 EXIT_UNREADABLE = 3
@@ -469,25 +474,48 @@ def _cannot_listen(host: str, port: int) -> str | None:
 
 @main.command(epilog=SERVE_EXIT_CODES)
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. The app has no authentication: keep it on loopback "
-                   "unless the network is trusted.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+              help="Address to listen on. Beyond loopback, set --token (and put TLS in front: "
+                   "docs/web_security.md).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True,
+              help="TCP port to listen on.")
 @model_option
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
               help="Interpreter threads per worker.")
 @click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
-              help="Classifiers answering requests in parallel (one interpreter each).")
+              help="Classifiers answering requests in parallel (one interpreter each); also "
+                   "how many images are decoded at once.")
 @click.option("--max-upload-mb", type=click.IntRange(1, 1024), default=10, show_default=True,
               help="Largest accepted upload in MiB; larger ones get 413.")
 @site_option
+@click.option("--token", envvar="EDGE_INFER_TOKEN", show_envvar=True, default=None,
+              metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' on the API (at least 16 characters; "
+                   "the page asks for it once). Prefer the environment variable: a command "
+                   "line is visible to other users of the machine.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="A host name browsers may use to reach the app without a token, besides IP "
+                   "addresses and this machine's name (repeatable).")
+@click.option("--max-connections", type=click.IntRange(4, 900),
+              default=DEFAULT_MAX_CONNECTIONS, show_default=True,
+              help="Open connections at most; at the cap the oldest idle or still-uploading "
+                   "one is closed for a new one.")
+@click.option("--header-timeout", "header_timeout_s", type=click.FloatRange(0.5, 300),
+              default=DEFAULT_HEADER_TIMEOUT_S, show_default=True,
+              help="Seconds a connection has to send a request's headers (then 408).")
+@click.option("--body-timeout", "body_timeout_s", type=click.FloatRange(1, 3600),
+              default=DEFAULT_BODY_TIMEOUT_S, show_default=True,
+              help="Seconds a request has to send its whole body (then 408).")
 def serve(host: str, port: int, model_name: str, threads: int, workers: int,
-          max_upload_mb: int, site: Path | None) -> None:
+          max_upload_mb: int, site: Path | None, token: str | None,
+          allowed_hosts: tuple[str, ...], max_connections: int, header_timeout_s: float,
+          body_timeout_s: float) -> None:
     """Serve the upload page and the JSON API (POST /predict, /docs) with uvicorn."""
     try:
         import python_multipart  # noqa: F401  (FastAPI parses uploads with it)
-        import uvicorn
+        import uvicorn  # noqa: F401
 
         from edge_infer.web.app import create_app
+        from edge_infer.web.serving import serve_app
     except ImportError as err:
         click.echo(f"error: the web app needs fastapi, fastapi-offline, uvicorn and "
                    f"python-multipart ({err.name} is missing): pip install \".[serve]\"",
@@ -495,7 +523,8 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
         sys.exit(EXIT_MODEL)
     try:
         app = create_app(model_name, threads=threads, workers=workers,
-                         max_upload_bytes=max_upload_mb * 2**20, site=site)
+                         max_upload_bytes=max_upload_mb * 2**20, site=site, token=token,
+                         allowed_hosts=allowed_hosts, body_timeout_s=body_timeout_s)
     except (ModelError, InterpreterMissing, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_MODEL)
@@ -503,10 +532,11 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
     if problem:
         click.echo(f"error: cannot listen on {host}:{port}: {problem}", err=True)
         sys.exit(EXIT_CANNOT_LISTEN)
-    if host not in LOOPBACK_HOSTS:
-        click.echo(f"note: listening on {host}: anyone who can reach it can use it "
-                   "(no authentication)", err=True)
-    uvicorn.run(app, host=host, port=port)
+    if host not in LOOPBACK_HOSTS and not token:
+        click.echo(f"warning: listening on {host} without a token: anyone who can reach it "
+                   "can use it; set EDGE_INFER_TOKEN (see docs/web_security.md)", err=True)
+    serve_app(app, host, port, max_connections=max_connections,
+              header_timeout_s=header_timeout_s)
 
 
 @main.command(epilog=CALIBRATE_EXIT_CODES)

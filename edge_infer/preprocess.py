@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from edge_infer.spec import INPUT_SIZE
 
@@ -39,6 +39,11 @@ SIXTEEN_BIT_ROWS = 256  # rows scaled to 8 bits at a time (bounds the temporary 
 # every exception while opening or decoding becomes the one ImageError "cannot read image".
 DAMAGED_IMAGE_ERRORS = (Exception,)
 MAX_REASON_CHARS = 160
+EXIF_ORIENTATION = 0x0112
+ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}  # what ImageOps.exif_transpose applies
 
 
 class ImageError(ValueError):
@@ -93,13 +98,13 @@ def _open(source: ImageSource) -> Image.Image:
 
 def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     """Scale 16-bit grey to 8 bits (0..65535 -> 0..255, rounded: (v + 128) // 257 equals
-    rint(v / 257) on integers); Pillow's convert would clip instead. Done a strip of rows at a
-    time so the temporary arrays stay small."""
-    values = np.asarray(image)
-    grey = np.empty(values.shape, dtype=np.uint8)
-    for start in range(0, values.shape[0], SIXTEEN_BIT_ROWS):
-        strip = values[start:start + SIXTEEN_BIT_ROWS].astype(np.int64)
-        grey[start:start + SIXTEEN_BIT_ROWS] = np.clip((strip + 128) // 257, 0, 255)
+    rint(v / 257) on integers); Pillow's convert would clip instead. Read a strip of rows at a
+    time, so no full-size array is made besides the 8-bit result."""
+    grey = np.empty((image.height, image.width), dtype=np.uint8)
+    for top in range(0, image.height, SIXTEEN_BIT_ROWS):
+        bottom = min(top + SIXTEEN_BIT_ROWS, image.height)
+        strip = np.asarray(image.crop((0, top, image.width, bottom))).astype(np.int64)
+        grey[top:bottom] = np.clip((strip + 128) // 257, 0, 255)
     return Image.fromarray(grey, mode="L").convert("RGB")
 
 
@@ -153,8 +158,12 @@ def _decode(image: Image.Image) -> DecodedImage:
                              f"{size / 2**20:.0f} MiB decoded (limit "
                              f"{MAX_DECODED_BYTES / 2**20:.0f} MiB)")
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # orient after the conversion: exif_transpose copies even an upright image, a
+        # second full-size copy of a 16-bit one
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
         rgb = _to_rgb(image)
+        if orientation in ORIENTATIONS:
+            rgb = rgb.transpose(ORIENTATIONS[orientation])
     except ImageError:
         raise
     except DAMAGED_IMAGE_ERRORS as err:

@@ -488,7 +488,7 @@ def test_load_test_answers_equal_single_requests(tmp_path: Path, busi_root: Path
 
     result = CliRunner().invoke(load.main, ["--requests", "16", "--clients", "4", "--timeout",
                                             "120", "--out", str(tmp_path), "--busi-dir",
-                                            str(busi_root)])
+                                            str(busi_root), "--no-attacks"])
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / load.JSON_NAME).read_text())
     assert set(results) == LOAD_KEYS

@@ -31,6 +31,7 @@ from edge_infer.decision import Decision, Mode, decide
 from edge_infer.ood import OodPolicy, ood_fields
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.splits import split_files
+from edge_infer.web import serving
 from edge_infer.web.app import FORM_OVERHEAD_BYTES, STATIC_DIR, create_app
 
 SMALL_LIMIT = 2000  # bytes: every BUSI image is larger
@@ -40,6 +41,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--window-size=1000,1150")
 DECISION_FIELDS = set(Decision.__dataclass_fields__)
+PAGE_TOKEN = "a-token-typed-into-the-page"
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -346,15 +348,18 @@ def test_inference_does_not_block_the_event_loop(live_url: str, images: list[Pat
 def test_serve_builds_the_app_from_its_options(manifest: dict,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    monkeypatch.setattr(serving, "serve_app",
+                        lambda app, *args, **kwargs: calls.append((app, args, kwargs)))
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     result = CliRunner().invoke(main, ["serve", "--port", str(port), "--workers", "3",
-                                       "--max-upload-mb", "2"])
+                                       "--max-upload-mb", "2", "--max-connections", "20",
+                                       "--header-timeout", "4"], env={"EDGE_INFER_TOKEN": ""})
     assert result.exit_code == 0, result.output
-    (app, kwargs), = calls
-    assert kwargs == {"host": "127.0.0.1", "port": port}
+    (app, args, kwargs), = calls
+    assert args == ("127.0.0.1", port)
+    assert kwargs == {"max_connections": 20, "header_timeout_s": 4.0}
     health = TestClient(app).get("/healthz").json()
     assert (health["workers"], health["max_upload_bytes"]) == (3, 2 * 2**20)
 
@@ -513,3 +518,32 @@ def test_not_ultrasound_in_headless_chromium(live_url: str, classifier: Classifi
     assert "does not look like a breast ultrasound" in refused[0]
     assert "should not be trusted" in refused[0] and refused[1] == "No label"
     assert "labelled anyway" in warned[0] and warned[1] == api["prediction"]
+
+
+def test_the_page_asks_for_the_token_once_in_headless_chromium(manifest: dict,
+                                                               images: list[Path],
+                                                               tmp_path: Path) -> None:
+    """Upload refused without the token (edge_infer/web/guard.py); typed once, the upload is
+    classified, and after a reload the page still has it (localStorage)."""
+    scan = images[0]
+    with running(create_app(workers=1, token=PAGE_TOKEN)) as url, \
+            _headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        wait = WebDriverWait(driver, 30)
+        driver.get(url)
+        field = driver.find_element(By.ID, "token-field")
+        wait.until(lambda _: field.is_displayed())
+        driver.find_element(By.ID, "file").send_keys(str(scan.resolve()))
+        error = driver.find_element(By.ID, "error")
+        wait.until(lambda _: "access token" in error.text)
+        driver.find_element(By.ID, "token").send_keys(PAGE_TOKEN, Keys.TAB)
+        result = driver.find_element(By.ID, "result")
+        wait.until(lambda _: result.is_displayed() and result.get_attribute("data-file")
+                   == scan.name)
+        driver.refresh()
+        wait.until(lambda _: driver.find_element(By.ID, "token").get_attribute("value")
+                   == PAGE_TOKEN)
+        driver.save_screenshot(str(tmp_path / "token.png"))

@@ -5,6 +5,7 @@ exit 3 in the batch commands with every other image still processed."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import shutil
@@ -129,8 +130,9 @@ def test_classify_reads_every_other_image_and_exits_3(tmp_path: Path,
                                        *map(str, [good[0], *crafted, good[1]])])
     assert result.exit_code == 3, result.output
     assert "Traceback" not in result.stdout + result.stderr
-    assert [json.loads(line)["file"] for line in result.stdout.splitlines()] \
-        == [str(good[0]), str(good[1])]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]  # one per input, in order
+    assert [row["file"] for row in rows] == list(map(str, [good[0], *crafted, good[1]]))
+    assert ["error" in row for row in rows] == [False, *[True] * len(crafted), False]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert sorted(errors) == sorted(f"error: {p}: cannot read image: " + _reason(p)
                                     for p in crafted)
@@ -223,10 +225,11 @@ def test_fuzz_cli_gives_one_row_or_one_error_per_file(tmp_path: Path,
                                        "--ood", "warn", str(tmp_path)])
     assert result.exit_code == 3, result.output
     assert "Traceback" not in result.stdout + result.stderr
-    rows = result.stdout.splitlines()[1:]
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))  # one row per file, errors included
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(rows) + len(errors) == len(corpus)
-    assert rows and errors
+    assert len(rows) == len(corpus)
+    assert len(errors) == sum(bool(row["error"]) for row in rows) > 0
+    assert any(not row["error"] for row in rows)
 
 
 # --- the colour refusal ---------------------------------------------------------------------
@@ -246,9 +249,9 @@ def recoloured(scan: Path) -> Image.Image:
 def test_colour_alone_refuses_a_scan(classifier: Classifier, app_client: TestClient,
                                      scans: dict[str, list[Path]]) -> None:
     scan = scans["benign"][0]
-    grey, _ = classifier.answer(decode_image(scan).image)
+    grey = classifier.predict(scan).to_dict()
     assert grey["in_distribution"] is True and grey["prediction"] is not None
-    record, _ = classifier.answer(recoloured(scan))
+    record = classifier.predict(recoloured(scan)).to_dict()
     assert record["in_distribution"] is False and record["refused"] is True
     assert record["prediction"] is None
     assert record["ood_score"] <= record["ood_threshold"]  # the features alone would pass it

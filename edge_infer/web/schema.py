@@ -120,6 +120,8 @@ class Health(BaseModel):
     model: str
     workers: int = Field(description="Classifiers serving requests in parallel.")
     max_upload_bytes: int
+    token_required: bool = Field(description="Whether the API needs 'Authorization: Bearer "
+                                             "<token>' (`edge-infer serve --token`).")
     temperature: Optional[float] = Field(description="The temperature applied to every result.")
     profile: str = Field(description="'shipped' or the site profile in use.")
 

@@ -5,6 +5,8 @@ const $ = (id) => document.getElementById(id);
 const form = $("form");
 const fileInput = $("file");
 const threshold = $("threshold");
+const tokenInput = $("token");
+const TOKEN_KEY = "busi-edge-token";
 let maxUploadBytes = null;
 let previewUrl = null;
 let latest = 0; // only the newest request's answer is shown
@@ -17,6 +19,12 @@ function humanSize(bytes) {
   if (bytes >= 1 << 20) return `${+(bytes / (1 << 20)).toPrecision(3)} MiB`;
   if (bytes >= 1 << 10) return `${+(bytes / (1 << 10)).toPrecision(3)} KiB`;
   return `${bytes} bytes`;
+}
+
+function authHeaders() {
+  // `edge-infer serve --token`: typed once, kept in this browser, sent with every API call.
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
 function selectedMode() {
@@ -151,10 +159,13 @@ async function classify() {
   const button = form.querySelector("button");
   button.textContent = "Classifying…";
   try {
-    const response = await fetch("/predict", { method: "POST", body });
+    const response = await fetch("/predict", { method: "POST", body, headers: authHeaders() });
     const json = await response.json().catch(() => null);
     if (ticket !== latest) return;
-    if (!response.ok) {
+    if (response.status === 401) {
+      $("token-field").hidden = false;
+      showError("This server needs its access token: type it in the Access token field.");
+    } else if (!response.ok) {
       showError(`Could not classify ${file.name}: ${errorText(json, response.status)}`);
     } else {
       render(json);
@@ -180,6 +191,10 @@ form.addEventListener("change", (event) => {
   if (event.target.name === "mode") {
     threshold.disabled = selectedMode() !== "high-sensitivity";
     classify();
+  } else if (event.target === tokenInput) {
+    localStorage.setItem(TOKEN_KEY, tokenInput.value.trim());
+    loadModel();
+    classify();
   } else if (event.target === threshold || ["heatmap", "ood-warn"].includes(event.target.id)) {
     classify();
   }
@@ -192,11 +207,17 @@ form.addEventListener("submit", (event) => {
 
 fetch("/healthz").then((r) => r.json()).then((health) => {
   maxUploadBytes = health.max_upload_bytes;
+  $("token-field").hidden = !health.token_required;
+  tokenInput.value = localStorage.getItem(TOKEN_KEY) || "";
   $("limits").textContent = `Images up to ${humanSize(maxUploadBytes)} ` +
     "(PNG, JPEG, BMP, TIFF, WebP, GIF). Model: " + health.model + ".";
 }).catch(() => {});
 
-fetch("/model").then((r) => r.json()).then((model) => {
-  threshold.placeholder = model.threshold.toFixed(2);
-  threshold.title = `Default ${model.threshold.toFixed(3)}: ${model.threshold_rule || ""}`;
-}).catch(() => {});
+function loadModel() {
+  fetch("/model", { headers: authHeaders() }).then((r) => r.json()).then((model) => {
+    threshold.placeholder = model.threshold.toFixed(2);
+    threshold.title = `Default ${model.threshold.toFixed(3)}: ${model.threshold_rule || ""}`;
+  }).catch(() => {});
+}
+
+loadModel();
