@@ -25,7 +25,6 @@ from PIL import Image
 from benchmarks.load import Server, served
 from edge_infer.classifier import Classifier
 from edge_infer.cli import main
-from edge_infer.preprocess import decode_image
 from edge_infer.splits import split_files
 from edge_infer.web import serving
 from edge_infer.web.app import QUEUE_PER_WORKER, create_app
@@ -74,7 +73,7 @@ def test_the_api_needs_the_token(token_client: TestClient, scan: Path,
     assert token_client.get("/model", headers=BEARER).status_code == 200
     response = token_client.post("/predict", files=upload(scan), headers=BEARER)
     assert response.status_code == 200, response.text
-    record, _ = classifier.answer(decode_image(scan).image)
+    record = classifier.predict(scan).to_dict()
     assert response.json() == {"file": scan.name, **record}
 
 
@@ -142,7 +141,7 @@ def test_a_cross_origin_form_post_is_refused_before_its_body_is_read(
         open_client: TestClient, monkeypatch: pytest.MonkeyPatch, scan: Path) -> None:
     def never(*args: object) -> None:
         raise AssertionError("the refused upload was decoded")
-    monkeypatch.setattr(open_client.app.state.pool, "classify_checked", never)
+    monkeypatch.setattr(open_client.app.state.pool, "predict", never)
     response = open_client.post("/predict", files=upload(scan),
                                 headers={"Origin": "http://evil.example"})
     assert response.status_code == 403
@@ -207,8 +206,8 @@ def test_a_full_queue_is_503_with_retry_after(open_client: TestClient, scan: Pat
     """One worker busy and its queue full: the next concurrent upload gets 503."""
     release = threading.Event()
     pool = open_client.app.state.pool
-    real = pool.classify_checked
-    monkeypatch.setattr(pool, "classify_checked",
+    real = pool.predict
+    monkeypatch.setattr(pool, "predict",
                         lambda *args: (release.wait(30), real(*args))[1])
     with ThreadPoolExecutor(1 + QUEUE_PER_WORKER) as threads:
         held = [threads.submit(open_client.post, "/predict", files=upload(scan))
