@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+import numpy as np
 import pytest
 
 from edge_infer.spec import CLASS_NAMES
@@ -46,10 +47,41 @@ def test_no_duplicate_group_straddles_a_split_or_fold(split_rows, column):
     assert all(len(v) == 1 for v in values.values())
 
 
-def test_known_near_duplicates_share_a_group(split_rows):
+@pytest.mark.parametrize("first, second", [
+    ("benign/benign (1).png", "benign/benign (318).png"),  # phash
+    ("benign/benign (131).png", "malignant/malignant (51).png"),  # phash, conflicting labels
+    ("benign/benign (140).png", "benign/benign (62).png"),  # same scan, a corner cut off
+    ("malignant/malignant (128).png", "malignant/malignant (129).png"),  # moved calipers
+    ("malignant/malignant (3).png", "malignant/malignant (6).png"),  # one lesion, probe moved
+    ("benign/benign (9).png", "benign/benign (10).png"),  # one cyst, a dark panel beside it
+])
+def test_known_same_lesion_pairs_share_a_group(split_rows, first, second):
     group = {row.file: row.group for row in split_rows}
-    assert group["benign/benign (1).png"] == group["benign/benign (318).png"]
-    assert group["benign/benign (131).png"] == group["malignant/malignant (51).png"]
+    assert group[first] == group[second]
+
+
+@pytest.fixture(scope="module")
+def busi_correlation(busi_root):
+    from train.split import image_hashes, same_run, shifted_correlation
+
+    files = [name for name, _ in list_busi_images(busi_root)]
+    _, _, thumbnails = image_hashes(busi_root, files)
+    return files, shifted_correlation(thumbnails), same_run(files)
+
+
+def test_no_correlated_pair_straddles_splits(split_rows, busi_correlation):
+    from train.split import RUN_CORRELATION, SAME_SCAN_CORRELATION
+
+    files, correlation, run = busi_correlation
+    split = {row.file: row.split for row in split_rows}
+    linked = (correlation >= SAME_SCAN_CORRELATION) | (run & (correlation >= RUN_CORRELATION))
+    first, second = np.nonzero(np.triu(linked, 1))
+    straddling = [(files[i], files[j]) for i, j in zip(first, second)
+                  if split[files[i]] != split[files[j]]
+                  and "excluded" not in (split[files[i]], split[files[j]])]
+    assert straddling == []
+    unrelated = correlation[~run & ~linked]
+    assert np.quantile(unrelated, 0.999) < RUN_CORRELATION + 0.1  # the thresholds sit in the tail
 
 
 def test_images_with_conflicting_labels_are_excluded(split_rows):
