@@ -22,7 +22,6 @@ section in its report.
 
 from __future__ import annotations
 
-import glob
 import json
 from pathlib import Path
 
@@ -45,33 +44,12 @@ from edge_infer.preprocess import decode_image, to_model_input
 from edge_infer.rates import bootstrap_interval
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.tflite_model import TFLiteModel
+from train.masks import lesion_mask, mask_files
 
 LESION_CLASSES: tuple[str, ...] = ("benign", "malignant")
 GAUSSIAN_SIGMA_FRACTION = 0.25
 EXAMPLES_PER_CLASS = 2  # the first hit and the first miss of int8, per lesion class
-MASK_LEVEL = 128
 EXAMPLES_NAME = "cam_examples.png"
-
-
-def mask_files(image: Path) -> list[Path]:
-    """The BUSI masks of an image: '<stem>_mask.png', '<stem>_mask_1.png', ..."""
-    pattern = glob.escape(str(image.with_suffix(""))) + "_mask*.png"
-    return sorted(Path(p) for p in glob.glob(pattern))
-
-
-def lesion_mask(image: Path, size: tuple[int, int]) -> np.ndarray:
-    """The union of the image's masks as a bool array (height, width); size = (width, height)
-    of the decoded image, which every mask must match."""
-    files = mask_files(image)
-    if not files:
-        raise FileNotFoundError(f"no *_mask*.png beside {image}")
-    union = np.zeros((size[1], size[0]), dtype=bool)
-    for file in files:
-        with Image.open(file) as mask:
-            if mask.size != size:
-                raise ValueError(f"{file}: mask {mask.size} is not the image's size {size}")
-            union |= np.asarray(mask.convert("L")) >= MASK_LEVEL
-    return union
 
 
 def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> bool:

@@ -12,7 +12,7 @@ from edge_infer.splits import read_split
 from train.architectures import ARCHITECTURES
 from train.datasets import resolve_bus_bra_dir, resolve_busi_dir
 from train.pretrained import WeightsError
-from train.recipe import TrainConfig
+from train.recipe import SELECTIONS, TrainConfig
 
 DEFAULTS = TrainConfig()
 
@@ -56,6 +56,23 @@ DEFAULTS = TrainConfig()
 @click.option("--site-levers", is_flag=True,
               help="Add the cross-site augmentations: gain/gamma, resolution loss, zoom-out, "
                    "sector masks, burned-in text and calipers.")
+@click.option("--mask-loss-weight", type=click.FloatRange(0), default=DEFAULTS.mask_loss_weight,
+              show_default=True, help="Train a lesion-mask head on the feature map too (BUSI "
+              "_mask files, BUS-BRA masks/), with this loss weight; 0: off. The head is dropped "
+              "from the saved model.")
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True),
+              default=DEFAULTS.ema_decay, show_default=True,
+              help="Fine-tune with an exponential moving average of the weights (e.g. 0.99), "
+                   "validated and saved averaged; 0: off.")
+@click.option("--selection", type=click.Choice(SELECTIONS), default=DEFAULTS.selection,
+              show_default=True, help="What picks the best epoch and stops fine-tuning: the "
+              "validation loss, or 'sites': the mean of BUSI-val macro-F1 and BUS-BRA-val AUROC.")
+@click.option("--teacher", "teachers", multiple=True,
+              type=click.Path(dir_okay=False, exists=True),
+              help="Distil: a trained .keras model whose probabilities on the training images "
+                   "are mixed into the labels (repeat for an ensemble; they are averaged).")
+@click.option("--distill-weight", type=click.FloatRange(0, 1), default=DEFAULTS.distill_weight,
+              show_default=True, help="Weight of the teachers' probabilities in the labels.")
 @click.option("--bus-bra-dir", type=click.Path(file_okay=False),
               help="BUS-BRA folder (or $BUS_BRA_DIR). When found it is always evaluated: its "
                    "validation patients (and all non-test ones if not trained on) per run.")
@@ -67,8 +84,9 @@ def main(arch: str, weights: str, out: Path, busi_dir: str | None, split_file: s
          head_epochs: int, finetune_epochs: int, head_lr: float, finetune_lr: float,
          batch_size: int, dropout: float, patience: int, class_weight_power: float,
          unfreeze_from: str | None, seed: int, fold: int | None, cv: bool, limit: int | None,
-         bus_bra: bool, busi_train: bool, site_levers: bool, bus_bra_dir: str | None,
-         trained: Path | None) -> None:
+         bus_bra: bool, busi_train: bool, site_levers: bool, mask_loss_weight: float,
+         ema_decay: float, selection: str, teachers: tuple[str, ...], distill_weight: float,
+         bus_bra_dir: str | None, trained: Path | None) -> None:
     from train.recipe import cross_validate, evaluate_trained, fit
 
     if cv and fold is not None:
@@ -79,7 +97,10 @@ def main(arch: str, weights: str, out: Path, busi_dir: str | None, split_file: s
                          patience=patience, class_weight_power=class_weight_power,
                          unfreeze_from=unfreeze_from, seed=seed, fold=fold,
                          limit=limit, bus_bra=bus_bra, busi_train=busi_train,
-                         site_levers=site_levers)
+                         site_levers=site_levers, mask_loss_weight=mask_loss_weight,
+                         ema_decay=ema_decay, selection=selection,
+                         teachers=tuple(str(Path(t).resolve()) for t in teachers),
+                         distill_weight=distill_weight)
     try:
         rows, root = read_split(split_file), resolve_busi_dir(busi_dir)
         site = _bus_bra_site(bus_bra_dir, required=bus_bra)

@@ -25,7 +25,9 @@ from train.architectures import (
     efficientnet_lite0_backbone,
     efficientnetb0_backbone,
 )
+from train.callbacks import BestWeights, lower_loss
 from train.data import dataset
+from train.masks import model_input_masks
 from train.pretrained import (
     LITE0_WEIGHTS_FILE,
     WeightsError,
@@ -61,6 +63,14 @@ class TrainConfig:
     bus_bra: bool = False
     busi_train: bool = True
     site_levers: bool = False
+    mask_loss_weight: float = 0.0
+    ema_decay: float = 0.0
+    selection: str = "val_loss"
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.5
+
+
+SELECTIONS: tuple[str, ...] = ("val_loss", "sites")
 
 
 @dataclass(frozen=True)
@@ -160,12 +170,64 @@ def set_finetunable(backbone: keras.Model, unfreeze_from: str | None) -> None:
         layer.trainable = not frozen
 
 
-def _compile(model: keras.Model, learning_rate, config: TrainConfig) -> None:
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
-    )
+def _compile(model: keras.Model, learning_rate, config: TrainConfig, ema: bool = False) -> None:
+    optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay,
+                                       use_ema=ema, ema_momentum=config.ema_decay or 0.99)
+    probs_loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    if "mask" not in model.output_names:
+        model.compile(optimizer=optimizer, loss=probs_loss, metrics=["accuracy"])
+        return
+    model.compile(optimizer=optimizer,
+                  loss={"probs": probs_loss, "mask": keras.losses.BinaryCrossentropy()},
+                  loss_weights={"probs": 1.0, "mask": config.mask_loss_weight},
+                  metrics={"probs": ["accuracy"]})
+
+
+def with_mask_head(model: keras.Model) -> keras.Model:
+    """The classifier plus a 1x1-conv lesion-mask head on the backbone's feature map, for
+    training only: the two share every layer, and only `model` is saved."""
+    features = model.get_layer("avg_pool").input
+    logits = keras.layers.Conv2D(1, 1, activation="sigmoid", name="mask_conv")(features)
+    mask = keras.layers.Flatten(name="mask")(logits)
+    return keras.Model(model.input, {"probs": model.output, "mask": mask},
+                       name=f"{model.name}_with_mask_head")
+
+
+def soft_targets(labels: np.ndarray, images: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """One-hot labels, mixed with the teachers' averaged probabilities when distilling:
+    (1 - w) one_hot + w mean_k teacher_k(image)."""
+    one_hot = keras.utils.to_categorical(labels, len(CLASS_NAMES))
+    if not config.teachers:
+        return one_hot
+    teacher_probs = np.mean([
+        keras.models.load_model(path).predict(images.astype("float32"), batch_size=32,
+                                              verbose=0)
+        for path in config.teachers], axis=0)
+    return (1.0 - config.distill_weight) * one_hot + config.distill_weight * teacher_probs
+
+
+def selection_callback(config: TrainConfig, model: keras.Model, data: RunData,
+                       site: Site | None) -> BestWeights:
+    """Early stopping and best-epoch weights: on the validation loss (of the class output), or
+    with `selection="sites"` on the selection score of both sites' validation images."""
+    if config.selection == "val_loss":
+        name = "val_probs_loss" if config.mask_loss_weight else "val_loss"
+        return BestWeights(lower_loss(name), config.patience)
+    if site is None or "val" not in data.site:
+        raise ValueError("selection 'sites' needs the second site's validation patients")
+
+    def score(_logs: dict) -> float:
+        (busi_images, busi_labels), (site_images, site_labels) = data.busi["val"], data.site["val"]
+        return selection_score({
+            "val": classification_metrics(busi_labels, _predict(model, busi_images)),
+            f"{site.name}_val": lesion_metrics(site_labels, _predict(model, site_images), None),
+        }, site.name)
+
+    return BestWeights(score, config.patience)
+
+
+def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    return model.predict(images.astype("float32"), batch_size=32, verbose=0)
 
 
 def _site_arrays(site: Site, config: TrainConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -190,6 +252,20 @@ class RunData:
     site: dict[str, tuple[np.ndarray, np.ndarray]]
     train: tuple[np.ndarray, np.ndarray]
     val: tuple[np.ndarray, np.ndarray]
+    masks: dict[str, np.ndarray]
+
+
+def _training_masks(config: TrainConfig, parts: dict[str, list[SplitRow]], busi_root: Path,
+                    site: Site | None) -> dict[str, np.ndarray]:
+    """Lesion masks of the train and val images, in the order `load_run_data` joins them."""
+    site_parts = select_rows(site.rows, config) if site else {}
+    masks = {}
+    for name in ("train", "val"):
+        pieces = [model_input_masks(parts[name], busi_root)] if config.busi_train else []
+        if config.bus_bra:
+            pieces.append(model_input_masks(site_parts[name], site.root))
+        masks[name] = np.concatenate(pieces)
+    return masks
 
 
 def load_run_data(config: TrainConfig, rows: list[SplitRow], busi_root: Path,
@@ -207,7 +283,8 @@ def load_run_data(config: TrainConfig, rows: list[SplitRow], busi_root: Path,
         train, val = _joined(train, site_arrays["train"]), _joined(val, site_arrays["val"])
     elif config.bus_bra:  # the reverse direction: BUS-BRA only, BUSI held out
         train, val = site_arrays["train"], site_arrays["val"]
-    return RunData(parts, busi, site_arrays, train, val)
+    masks = _training_masks(config, parts, busi_root, site) if config.mask_loss_weight else {}
+    return RunData(parts, busi, site_arrays, train, val, masks)
 
 
 def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Path,
@@ -222,33 +299,38 @@ def fit(config: TrainConfig, rows: list[SplitRow], busi_root: Path, out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load_run_data(config, rows, busi_root, site)
     x_train, y_train = data.train
-    train_data = dataset(x_train, y_train, config.batch_size, augment=True, seed=config.seed,
-                         site_levers=config.site_levers)
-    val_data = dataset(*data.val, config.batch_size, augment=False, seed=config.seed)
     weights = class_weights(y_train, config.class_weight_power)
+    train_data = dataset(x_train, soft_targets(y_train, x_train, config), config.batch_size,
+                         augment=True, seed=config.seed, site_levers=config.site_levers,
+                         masks=data.masks.get("train"),
+                         sample_weights=np.array([weights[label] for label in y_train]))
+    val_data = dataset(*data.val, config.batch_size, augment=False, seed=config.seed,
+                       masks=data.masks.get("val"))
 
     backbone, initialisation = build_backbone(config)
     pretrained = initialisation != "random"
     model = classifier(backbone, config.dropout, bn_inference=pretrained)
+    trained = with_mask_head(model) if config.mask_loss_weight else model
     history: dict[str, list] = {}
     started = time.time()
     if pretrained and config.head_epochs:
         backbone.trainable = False
-        _compile(model, config.head_lr, config)
-        run = model.fit(train_data, validation_data=val_data, epochs=config.head_epochs,
-                        class_weight=weights, verbose=2)
+        _compile(trained, config.head_lr, config)
+        run = trained.fit(train_data, validation_data=val_data, epochs=config.head_epochs,
+                          verbose=2)
         history["head"] = _history(run)
     backbone.trainable = True
     if pretrained:
         set_finetunable(backbone, config.unfreeze_from)
     steps = int(np.ceil(len(x_train) / config.batch_size)) * config.finetune_epochs
     schedule = keras.optimizers.schedules.CosineDecay(config.finetune_lr, max(steps, 1))
-    _compile(model, schedule, config)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                         restore_best_weights=True)
-    run = model.fit(train_data, validation_data=val_data, epochs=config.finetune_epochs,
-                    class_weight=weights, callbacks=[stop], verbose=2)
-    history["finetune"] = _history(run)
+    _compile(trained, schedule, config, ema=config.ema_decay > 0)
+    best = selection_callback(config, model, data, site)
+    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema_decay else []
+    run = trained.fit(train_data, validation_data=val_data, epochs=config.finetune_epochs,
+                      callbacks=[*averaging, best], verbose=2)
+    history["finetune"] = {**_history(run), "selection_score": best.scores,
+                           "best_epoch": [best.best_epoch]}
     seconds = time.time() - started
 
     results = evaluate(model, config, data, site)
@@ -277,7 +359,7 @@ def evaluate(model: keras.Model, config: TrainConfig, data: RunData, site: Site 
     the second site's benign-vs-malignant metrics, and the selection score."""
 
     def predict(images: np.ndarray) -> np.ndarray:
-        return model.predict(images.astype("float32"), batch_size=32, verbose=0)
+        return _predict(model, images)
 
     results = {"config": asdict(config), "preprocessing": PREPROCESSING_ID,
                "counts": {name: len(part) for name, part in data.parts.items()},
