@@ -8,6 +8,8 @@ from pathlib import Path
 
 from benchmarks.calibration_markdown import SITE_HEADING, calibration_lines, site_lines
 from benchmarks.cam_markdown import CAM_HEADING, cam_section
+from benchmarks.fidelity import HEADING as FIDELITY_HEADING
+from benchmarks.fidelity import fidelity_section
 from benchmarks.ood_eval import HEADING as OOD_HEADING
 from benchmarks.ood_eval import ood_section
 from benchmarks.sites import sites_section
@@ -33,6 +35,7 @@ HEADINGS: tuple[str, ...] = (
     SITE_HEADING,
     CAM_HEADING,
     OOD_HEADING,
+    FIDELITY_HEADING,
 )
 
 
@@ -369,9 +372,9 @@ def _preamble(results: dict) -> list[str]:
 def markdown(results: dict) -> str:
     """The whole report as Markdown."""
     sections = (_preamble, headline, targets_section, accuracy_section, per_class_section,
-                confusion_section, external_section, sites_section, latency_section,
-                resources_section, calibration_section, site_lines, cam_section, ood_section,
-                onnx_section, method_section, machine_section)
+                confusion_section, external_section, fidelity_section, sites_section,
+                latency_section, resources_section, calibration_section, site_lines,
+                cam_section, ood_section, onnx_section, method_section, machine_section)
     return "\n".join(line for section in sections for line in section(results))
 
 

@@ -24,11 +24,12 @@ from benchmarks.cam_eval import benchmark_cam
 from benchmarks.coldstart import measure_cold_start
 from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
 from benchmarks.external import external_results
+from benchmarks.fidelity import fidelity_results
 from benchmarks.latency import run_worker
 from benchmarks.machine import machine_info
 from benchmarks.onnx_variant import OnnxUnavailable, export_fp32, quantize_int8
 from benchmarks.ood_eval import bus_bra_if_present, ood_results
-from benchmarks.sites import committed_table
+from benchmarks.sites import committed_table, load_sets
 from benchmarks.targets import check_targets, latency_ratios, resource_ratios
 from benchmarks.variants import KerasRunner, OnnxRunner, TFLiteRunner, VariantSpec
 from edge_infer.calibration import apply_temperature, fit_calibration
@@ -188,6 +189,12 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
              for name in chosen},
             {name: specs[name].threshold for name in chosen}, test["labels"], probs,
             settings.resamples)
+    fidelity = {"skipped": external_missing if external is None else "no int8 model"}
+    if bus_bra_if_present() is None:
+        fidelity = {"skipped": "BUS-BRA is not here"}
+    elif external is not None and "tflite-int8" in runners:
+        fidelity = fidelity_results(load_sets(settings.external_stride),
+                                    runners["keras"].predict, runners["tflite-int8"].predict)
     site_simulation = ({"skipped": external_missing} if external is None else
                        site_section(external, settings.external_stride, runners,
                                     settings.resamples))
@@ -236,6 +243,7 @@ def run_benchmark(settings: Settings, arch: str | None, root: Path, models: Path
                  "test_labels": test["labels"].tolist()},
         "variants": variants,
         "external": external_section,
+        "fidelity": fidelity,
         "calibration": calibration_results(raw_probs, test["labels"], spec_calibrations(specs),
                                            settings.resamples),
         "site_simulation": site_simulation,

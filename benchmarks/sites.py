@@ -1,5 +1,6 @@
 """The site table: each trained model x each test set, for Keras and its int8 conversion
-(as `busi convert` converts by default: refined activation ranges, calibrated on BUSI validation).
+(as `busi convert` converts by default: refined activation ranges, calibrated on the
+validation images the run was validated on).
 
 Test sets: the BUSI test split, BUS-BRA's test patients and BrEaST-Lesions_USG (another
 hospital, a test set only). Each model and variant is calibrated as the shipped models are
@@ -79,7 +80,7 @@ def model_rows(name: str, run_dir: Path, sets: dict, n_resamples: int) -> dict:
     val_images, val_labels = _validation(results, sets)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "int8.tflite"
-        path.write_bytes(convert_model(model, "int8", sets["BUSI val"][0],
+        path.write_bytes(convert_model(model, "int8", val_images,
                                        int8_ranges=DEFAULT_INT8_RANGES))
         int8 = TFLiteModel(path, threads=2)
         predictors = {

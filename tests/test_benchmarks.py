@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from required import missing
 
 from benchmarks.external import VARIANTS as EXTERNAL_VARIANTS
+from benchmarks.fidelity import POOLED, fidelity_results
 from benchmarks.plots import PLOTS
 from benchmarks.report import HEADINGS, JSON_NAME, MARKDOWN_NAME, external_section
 from benchmarks.targets import check_targets
@@ -295,6 +296,34 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory, busi_root: Path) -> tupl
                           cwd=PROJECT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / JSON_NAME).read_text()), out
+
+
+def test_fidelity_counts_disagreements_per_set_and_pooled() -> None:
+    rng = np.random.default_rng(0)
+    sets = {name: (rng.random((n, 3)), np.arange(n) % 3) for name, n in (("a", 40), ("b", 60))}
+    shifted = id(sets["b"][0])  # the "int8" model moves every top-1 by a class on set b only
+
+    def int8(x: np.ndarray) -> np.ndarray:
+        return np.roll(x, 1, axis=1) if id(x) == shifted else x
+
+    rows = fidelity_results(sets, lambda x: x, int8)["sets"]
+    assert rows["a"]["agreement"] == 1.0 and rows["a"]["auroc_int8"] == rows["a"]["auroc_keras"]
+    assert rows["b"]["agreeing"] == 0
+    assert rows[POOLED]["images"] == 100 and rows[POOLED]["agreeing"] == 40
+    low, high = rows[POOLED]["interval_95"]
+    assert low < 0.4 < high and high - low < 0.25
+
+
+def test_quick_run_measures_int8_fidelity_on_every_site(quick_run: tuple[dict, Path]) -> None:
+    fidelity = quick_run[0]["fidelity"]
+    if "skipped" in fidelity:
+        missing(f"fidelity: {fidelity['skipped']}")
+    rows = fidelity["sets"]
+    assert set(rows) == {"BUSI val", "BUS-BRA val", "BUSI test", "BUS-BRA test", "BrEaST", POOLED}
+    assert rows[POOLED]["images"] == sum(r["images"] for k, r in rows.items() if k != POOLED)
+    for row in rows.values():
+        assert row["agreeing"] / row["images"] == row["agreement"]
+        assert row["interval_95"][0] <= row["agreement"] <= row["interval_95"][1]
 
 
 ACCURACY_KEYS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "per_class",

@@ -29,6 +29,7 @@ from convert.tflite import (
     float32_weight_bytes,
     int8_converter,
 )
+from convert.validation import validation_set
 from edge_infer.calibration import apply_temperature, choose_threshold
 from edge_infer.classifier import Classifier
 from edge_infer.decision import argmax_indices
@@ -239,6 +240,17 @@ def test_the_shipped_int8_computes_as_its_unshared_form(manifest, val_split, tes
         first, second = compact.run(image), expanded.run(image)
         np.testing.assert_array_equal(first.probs, second.probs)
         np.testing.assert_array_equal(first.feature_map, second.feature_map)
+
+
+def test_the_shipped_int8_is_what_the_converter_makes(manifest) -> None:
+    """The conversion reproduces: the shipped Keras model, converted as `python -m busi convert`
+    converts it (default ranges, calibrated on the validation images it records), gives the
+    shipped int8 byte for byte."""
+    arch = manifest["default_arch"]
+    model = keras.models.load_model(resolve_model(f"{arch}/keras").path)
+    calibration, _, _ = validation_set(shipped_models_dir() / MANIFEST_FILENAME, arch)
+    converted = convert_model(model, "int8", calibration)
+    assert hashlib.sha256(converted).hexdigest() == manifest["models"][f"{arch}/int8"]["sha256"]
 
 
 def test_tflite_needs_a_zero_point_per_channel_scale(converted, tmp_path) -> None:
