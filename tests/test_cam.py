@@ -422,12 +422,12 @@ def test_cli_heatmap_of_an_exif_rotated_image_is_drawn_on_it_as_displayed(
     assert displayed.size == (stored[1], stored[0]) != stored
     assert np.array_equal(np.asarray(displayed), np.asarray(decode_image(scan).image))
     out = tmp_path / "rotated_heat.png"
-    result = run("--quiet", rotated, "--heatmap", out, "--heatmap-class", "benign")
+    result = run("--quiet", rotated, "--heatmap", out, "--heatmap-class", "malignant")
     assert result.exit_code == 0, result.output
     written = rgb(out).astype(int)
     assert written.shape == (displayed.height, displayed.width, 3)
     heat = heat_at_image_size(interpreter(classifier).run(to_model_input(displayed)).feature_map,
-                              classifier.cam_head, CLASS_NAMES.index("benign"), displayed.size)
+                              classifier.cam_head, CLASS_NAMES.index("malignant"), displayed.size)
     assert np.array_equal(written, np.asarray(overlay(displayed, heat)).astype(int))
     # the overlay only tints the displayed image: by at most MAX_ALPHA x map value of the range
     tint = np.abs(written - np.asarray(displayed).astype(int)).max(axis=2)
