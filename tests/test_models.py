@@ -63,6 +63,20 @@ def test_int8_is_full_integer_with_uint8_io(manifest):
     assert not ops & {"DEQUANTIZE"}, ops
 
 
+def test_no_shipped_model_carries_the_training_only_mask_head(manifest):
+    """The lesion-mask head (`busi train --mask-loss-weight`) is dropped before saving: every
+    shipped Keras model has one output, every TFLite file the probabilities and feature map."""
+    for key, entry in manifest["models"].items():
+        if entry["format"] == "tflite":
+            outputs = TFLiteModel(models_dir() / entry["file"]).interpreter.get_output_details()
+            assert len(outputs) == 2, key
+            continue
+        keras = pytest.importorskip("keras", reason="training extra ([train]) not installed")
+        model = keras.models.load_model(models_dir() / entry["file"])
+        assert len(model.outputs) == 1, key
+        assert not [layer.name for layer in model.layers if layer.name.startswith("mask")], key
+
+
 def test_tflite_variants_score_what_the_manifest_records(manifest, test_split):
     images, labels = test_split
     for key, entry in manifest["models"].items():
