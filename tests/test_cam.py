@@ -44,6 +44,7 @@ from edge_infer.preprocess import decode_image, preprocess_image, to_model_input
 from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, PREPROCESSING_ID
 from edge_infer.splits import split_files
 from edge_infer.tflite_model import TFLiteModel
+from train import masks as lesion_masks
 
 CHANNELS = 4
 CELL = 32  # the hand-built model's stride: 224 / 32 = 7 cells, as EfficientNet's last map
@@ -338,11 +339,10 @@ def test_pointing_game_is_computed_from_the_real_masks(scored: list[dict], lesio
 
 def test_several_masks_are_used_as_their_union(busi_root: Path) -> None:
     path = next(busi_root / r.file for r in split_files("test") + split_files("val")
-                + split_files("train") if len(cam_eval.mask_files(busi_root / r.file)) > 1)
+                + split_files("train") if len(lesion_masks.mask_files(busi_root / r.file)) > 1)
     size = size_of(path)
-    union = cam_eval.lesion_mask(path, size)
-    parts = [grey(m) >= cam_eval.MASK_LEVEL
-             for m in cam_eval.mask_files(path)]
+    union = lesion_masks.lesion_mask(path, size)
+    parts = [grey(m) >= lesion_masks.MASK_LEVEL for m in lesion_masks.mask_files(path)]
     assert (union == np.logical_or.reduce(parts)).all()
     assert all(union.sum() > part.sum() > 0 for part in parts)
 
