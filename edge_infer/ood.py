@@ -60,8 +60,8 @@ COLOUR_LUMA_BINS = 16
 COLOUR_TOLERANCE = 24  # levels of (R - G, B - G) away from the tint of the pixel's brightness
 REFUSE_MARGIN = 1.05  # the refuse boundary: the largest leave-a-site-out multiple, times this
 THUMBNAIL_SIDE = 64  # the frame checks read a grey thumbnail of this side
-# Frame checks (bounds chosen on BUSI and BUS-BRA train/val scans, whose lowest values are
-# about 15.6, 0.82 and 2.8): a real scan has contrast, neighbouring pixels that agree, and
+# Frame checks (bounds chosen on all 1096 BUSI and BUS-BRA train/val scans, whose lowest values
+# are 14.2, 0.78 and 3.3): a real scan has contrast, neighbouring pixels that agree, and
 # speckle texture.
 BLANK_STD = 5.0  # grey levels: below it the frame is blank
 NOISE_CORRELATION = 0.5  # neighbour correlation: below it the frame is noise
@@ -170,21 +170,23 @@ def colour_score(image: Image.Image) -> float:
     grid = image.resize((max(1, width // step), max(1, height // step)),
                         Image.Resampling.NEAREST).convert("RGB")
     sample = np.asarray(grid, dtype=np.int32).reshape(-1, 3)
-    luma = (sample @ np.array([299, 587, 114])) // 1000
-    chroma = np.stack([sample[:, 0] - sample[:, 1], sample[:, 2] - sample[:, 1]], axis=1)
+    red, green, blue = sample[:, 0], sample[:, 1], sample[:, 2]
+    luma = (299 * red + 587 * green + 114 * blue) // 1000
     bins = np.minimum(luma * COLOUR_LUMA_BINS // 256, COLOUR_LUMA_BINS - 1)
     counts = np.maximum(np.bincount(bins, minlength=COLOUR_LUMA_BINS), 1)
-    tint = np.stack([np.bincount(bins, chroma[:, k], COLOUR_LUMA_BINS) / counts
-                     for k in range(2)], axis=1)
-    off = np.abs(chroma - tint[bins]).max(axis=1) > COLOUR_TOLERANCE
+    off = np.zeros(len(sample), dtype=bool)
+    for chroma in (red - green, blue - green):
+        tint = np.bincount(bins, chroma, COLOUR_LUMA_BINS) / counts
+        off |= np.abs(chroma - tint[bins]) > COLOUR_TOLERANCE
     return float(off.mean())
 
 
 def grey_thumbnail(image: Image.Image) -> np.ndarray:
-    """The image as a THUMBNAIL_SIDE x THUMBNAIL_SIDE grey array (box-averaged, shrunk by
-    whole factors first: cheap on a large image), float64."""
-    small = image.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX,
-                         reducing_gap=2.0).convert("L")
+    """The image as a THUMBNAIL_SIDE x THUMBNAIL_SIDE grey array, float64: sampled on a grid
+    of twice that side, then box-averaged (a tenth of the time of averaging every pixel)."""
+    side = 2 * THUMBNAIL_SIDE
+    grid = image.resize((side, side), Image.Resampling.NEAREST)
+    small = grid.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX).convert("L")
     return np.asarray(small, dtype=np.float64)
 
 
