@@ -50,6 +50,7 @@ EXIT_UNKNOWN_LABEL = 4
 EXIT_REFUSED = 5
 EXIT_CANNOT_LISTEN = 6
 PROGRESS_MIN_IMAGES = 10
+FLAGS_WIDTH = 31  # the longest flags: forced,uncertain,domain-warning
 HEATMAP_SUFFIX = ".png"
 CLASSIFY_EXIT_CODES = (
     "Exit codes: 0 every input classified; 1 the model or the --site profile cannot be loaded, "
@@ -208,14 +209,14 @@ CSV_FIELDS: tuple[str, ...] = (
 def _table_row(name: str, result: Result | None, error: str | None) -> str:
     if result is None:
         dashes = " ".join(f"{'-':>9}" for _ in CLASS_NAMES)
-        return f"{'error':<10} {dashes}  {'-':<16} {name}"
+        return f"{'error':<10} {dashes}  {'-':<{FLAGS_WIDTH}} {name}"
     probs = " ".join(f"{result.probs[c]:>9.3f}" for c in CLASS_NAMES)
     flags = ",".join(f for f in ("forced" if result.forced_malignant else "",
                                  "uncertain" if result.uncertain else "",
                                  "domain-warning" if result.domain_warning else
                                  "not-ultrasound" if result.in_distribution is False else "")
                      if f)
-    return f"{result.prediction or 'refused':<10} {probs}  {flags or '-':<16} {name}"
+    return f"{result.prediction or 'refused':<10} {probs}  {flags or '-':<{FLAGS_WIDTH}} {name}"
 
 
 def _csv_row(name: str, result: Result | None, error: str | None) -> list:
@@ -239,7 +240,7 @@ def _row_writer(style: str) -> Callable[[str, Result | None, str | None], None]:
         return lambda name, result, error: click.echo(json.dumps(
             {"file": name, **result.to_dict()} if result else {"file": name, "error": error}))
     click.echo(f"{'prediction':<10} {' '.join(f'{c:>9}' for c in CLASS_NAMES)}  "
-               f"{'flags':<16} file")
+               f"{'flags':<{FLAGS_WIDTH}} file")
     return lambda name, result, error: click.echo(_table_row(name, result, error))
 
 
