@@ -573,8 +573,8 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
               help="No notes or progress bar (warnings and errors are still shown).")
 def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name: str,
               threads: int, description: str, mode: str, resamples: int, quiet: bool) -> None:
-    """Fit a site profile from a clinic's own labelled images (as few as ~50, at least 20
-    malignant for a sound promise; refused below 5 malignant or 5 normal + benign): DIR holds a
+    """Fit a site profile from a clinic's own labelled images (as few as ~50; at least 59
+    malignant for an exact promise; refused below 5 malignant or 5 normal + benign): DIR holds a
     folder per class, or --labels CSV lists file,label, as for `evaluate`.
 
     \b

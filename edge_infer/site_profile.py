@@ -126,8 +126,9 @@ def too_few_to_fit(counts: dict[str, int]) -> str | None:
     return (f"too few labelled images for a site profile: {counts.get('malignant', 0)} "
             f"malignant and {others} normal or benign ({counts.get('normal', 0)} normal, "
             f"{counts.get('benign', 0)} benign); at least {MIN_MALIGNANT_TO_FIT} malignant and "
-            f"{MIN_OTHER_TO_FIT} normal or benign are needed (~50 in all, 20 malignant, for a "
-            "sound promise)")
+            f"{MIN_OTHER_TO_FIT} normal or benign are needed "
+            f"({cases_for_exact(TARGET_MALIGNANT_RECALL)} malignant for an exact promise of "
+            f"sensitivity {TARGET_MALIGNANT_RECALL})")
 
 
 def profile_warnings(basis: dict, interval_low: float | None, new_cases: float | None,
