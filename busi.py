@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ood-fit": ("convert.ood_fit", "Refit the input check only."),
     "bench": ("benchmarks.cli", "Accuracy and latency of every variant: reports/latest.md."),
     "sites": ("benchmarks.sites", "Each trained run at every hospital: reports/sites.md."),
+    "site-halves": ("benchmarks.site_halves", "Site profiles on held-out halves of a new "
+                                              "hospital: reports/site_halves.md."),
     "ood-eval": ("benchmarks.ood_eval", "The input check on every image set: reports/ood.md."),
     "cam-eval": ("benchmarks.cam_eval", "Heat-maps against the lesion masks: reports/cam.md."),
     "load": ("benchmarks.load", "The web app under concurrent uploads: reports/load.md."),

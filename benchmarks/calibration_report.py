@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.external import load_external
+from benchmarks.site_halves import halves_by_case
 from edge_infer.calibration import (
     Calibration,
     apply_temperature,
@@ -66,15 +67,8 @@ def case_halves(root: Path, files: list[str], labels: np.ndarray,
     stratified by class, with a fixed seed: each class's cases shuffled, the first half to A."""
     with open(root / LABELS_FILENAME, newline="", encoding="utf-8-sig") as handle:
         case_of = {row["file"]: row["case_id"] for row in csv.DictReader(handle)}
-    cases = [case_of[file] for file in files]
-    rng = np.random.default_rng(seed)
-    half_a: set[str] = set()
-    for label in range(len(CLASS_NAMES)):
-        ids = sorted({case for case, y in zip(cases, labels) if y == label})
-        rng.shuffle(ids)
-        half_a.update(ids[:len(ids) // 2])
-    in_a = np.array([case in half_a for case in cases])
-    return np.flatnonzero(in_a), np.flatnonzero(~in_a)
+    return halves_by_case([case_of[file] for file in files], labels,
+                          np.random.default_rng(seed))
 
 
 def _profile_summary(profile: dict) -> dict:

@@ -1,15 +1,24 @@
 """Images that are not breast ultrasound, for evaluating the out-of-distribution check.
 
-Three groups, every image an 8-bit RGB PIL image with a stable name:
+Five groups, every image an 8-bit RGB PIL image with a stable name:
 - "package": the photographs and test images scikit-image (`skimage.data`, those shipped in its
   wheel) and scikit-learn (`load_sample_images`) install, each whole and, when at least
   `CROP_MIN_SIDE` pixels on both sides, as four quadrant crops;
 - "synthetic": noise, flat grey, gradients, checkerboards, text and shapes drawn with Pillow
   (seeded, so every run draws the same images);
+- "medical": images of other modalities, the hard case: the CT, MR and colour-ultrasound test
+  files pydicom ships in its wheel (pydicom/data/test_files, uncompressed ones: CT_small.dcm,
+  MR_small.dcm, examples_overlay.dcm = abdominal MR, examples_rgb_color.dcm = colour ultrasound
+  of another organ), matplotlib's sample MR slice (mpl-data/sample_data/s1045.ima.gz, 256 x 256
+  uint16), and CT-like slices reconstructed by filtered back-projection from the Shepp-Logan
+  phantom's sinogram (scikit-image), each under two display windows, flipped, and as quadrant
+  crops when large;
+- "doppler": colour Doppler-dominated frames made on real BUSI test scans: a colour box of
+  red/blue flow blobs and a colour bar over the grey scan (seeded);
 - "corrupted": BUSI images damaged beyond use (noise, blur, negative, jigsaw, near-black); they
   ARE ultrasound underneath, so the report counts them apart from the two groups above.
 
-scikit-image is an evaluation-only dependency (the [bench] and [dev] extras).
+scikit-image and pydicom are evaluation-only dependencies (the [bench] and [dev] extras).
 """
 
 from __future__ import annotations
@@ -34,7 +43,10 @@ SKIMAGE_IMAGES: tuple[str, ...] = (
 )
 SKIMAGE_ARGS: dict[str, dict] = {"binary_blobs": {"rng": SEED}}  # random unless seeded
 LFW_FACES = 10  # the first faces of skimage.data.lfw_subset (25x25 grey)
-OOD_GROUPS: tuple[str, ...] = ("package", "synthetic")
+OOD_GROUPS: tuple[str, ...] = ("package", "synthetic", "medical", "doppler")
+PYDICOM_FILES: tuple[str, ...] = ("CT_small.dcm", "MR_small.dcm", "examples_overlay.dcm",
+                                  "examples_rgb_color.dcm")
+DOPPLER_SCANS = 12  # BUSI test scans given a colour Doppler overlay
 CORRUPTED_GROUP = "corrupted"
 CORRUPTIONS: tuple[str, ...] = ("noise", "blur", "negative", "jigsaw", "dark")
 
@@ -186,6 +198,90 @@ def synthetic_images(seed: int = SEED) -> list[NamedImage]:
     return [NamedImage(f"synthetic/{name}", "synthetic", image) for name, image in made]
 
 
+def _windowed(array: np.ndarray, low_pct: float, high_pct: float) -> Image.Image:
+    """A grey medical array shown between two percentiles of its values (a display window)."""
+    values = np.asarray(array, dtype=np.float64)
+    low, high = np.percentile(values, [low_pct, high_pct])
+    scaled = (values - low) / max(high - low, 1e-9) * 255.0
+    return _grey(np.clip(scaled, 0, 255))
+
+
+def _medical_arrays() -> Iterable[tuple[str, np.ndarray]]:
+    """(name, pixel array) of every medical source: pydicom's, matplotlib's, the phantom's."""
+    import gzip
+
+    import matplotlib
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from skimage.data import shepp_logan_phantom
+    from skimage.transform import iradon, radon
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for file in PYDICOM_FILES:
+            yield f"pydicom/{Path(file).stem}", pydicom.dcmread(get_testdata_file(file)).pixel_array
+    sample = Path(matplotlib.get_data_path()) / "sample_data" / "s1045.ima.gz"
+    with gzip.open(sample) as handle:
+        yield "matplotlib/s1045-mr", np.frombuffer(handle.read(), np.uint16).reshape(256, 256)
+    phantom = shepp_logan_phantom()
+    angles = np.linspace(0.0, 180.0, 180, endpoint=False)
+    sinogram = radon(phantom, theta=angles)
+    yield "skimage/phantom-sinogram", sinogram
+    rng = np.random.default_rng(SEED)
+    for noise in (0.0, 2.0):
+        noisy = sinogram + rng.normal(0.0, noise, sinogram.shape)
+        yield f"skimage/phantom-fbp-noise{noise:g}", iradon(noisy, theta=angles)
+
+
+def medical_images() -> list[NamedImage]:
+    """Other modalities (CT, MR, colour ultrasound of another organ, CT reconstructions),
+    under two display windows, mirrored, and as quadrant crops when large."""
+    found = []
+    for name, array in _medical_arrays():
+        views = ({"": Image.fromarray(array).convert("RGB")} if array.ndim == 3 else
+                 {"/window-full": _windowed(array, 0, 100),
+                  "/window-narrow": _windowed(array, 20, 80)})
+        for view, image in views.items():
+            for named in _with_crops(f"{name}{view}", image):
+                found.append(NamedImage(named.name, "medical", named.image))
+            found.append(NamedImage(f"{name}{view}/mirrored", "medical",
+                                    ImageOps.mirror(image)))
+    return found
+
+
+def doppler_overlay(scan: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A colour Doppler-dominated frame: over a box of about half the scan, red and blue flow
+    blobs (smoothed noise), and a red-to-blue colour bar at the right edge."""
+    width, height = scan.size
+    pixels = np.asarray(scan.convert("RGB"), dtype=np.float64).copy()
+    top, left = int(height * rng.uniform(0.1, 0.3)), int(width * rng.uniform(0.1, 0.3))
+    box_h, box_w = int(height * 0.6), int(width * 0.6)
+    field = np.asarray(_grey(rng.normal(128, 90, (box_h, box_w))).filter(
+        ImageFilter.GaussianBlur(max(2, box_w // 40))))[..., 0].astype(np.float64)
+    field = (field - field.mean()) / max(field.std(), 1e-9)  # flow speed, in units of spread
+    flow = np.abs(field) > 0.5
+    speed = np.clip(np.abs(field), 0, 3) * 20
+    red = np.stack([195 + speed, 20 + speed, np.full_like(field, 20)], axis=2)
+    blue = np.stack([np.full_like(field, 20), 40 + speed, 195 + speed], axis=2)
+    colour = np.where((field > 0)[..., None], red, blue)
+    region = pixels[top:top + box_h, left:left + box_w]
+    region[flow] = colour[flow]
+    bar = np.linspace(0, 1, height)[:, None]
+    pixels[:, -max(4, width // 30):] = np.stack([255 * (1 - bar), 40 + 0 * bar, 255 * bar],
+                                               axis=2)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def doppler_images(files: list[Path], seed: int = SEED) -> list[NamedImage]:
+    """The first DOPPLER_SCANS of these BUSI files, each with a colour Doppler overlay."""
+    from edge_infer.preprocess import decode_image
+
+    rng = np.random.default_rng(seed)
+    return [NamedImage(f"doppler/{Path(path).stem}", "doppler",
+                       doppler_overlay(decode_image(path).image, rng))
+            for path in files[:DOPPLER_SCANS]]
+
+
 def corrupt(image: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
     """One heavy corruption of an RGB image: noise (sigma 100), blur (radius 12), negative,
     jigsaw (8x8 tiles shuffled) or dark (intensities / 12)."""
@@ -224,6 +320,7 @@ def corrupted_images(files: list[Path], seed: int = SEED) -> Iterator[NamedImage
                              corrupt(image, kind, rng))
 
 
-def ood_images() -> list[NamedImage]:
-    """The out-of-distribution set proper: package and synthetic images."""
-    return package_images() + synthetic_images()
+def ood_images(busi_files: list[Path]) -> list[NamedImage]:
+    """The out-of-distribution set proper: package, synthetic, medical and Doppler images (the
+    Doppler ones drawn over these BUSI files)."""
+    return package_images() + synthetic_images() + medical_images() + doppler_images(busi_files)

@@ -59,7 +59,7 @@ def _plural(threads: str) -> str:
 
 def _stat(results: dict, row: str, threads: str, kind: str, stat: str = "p50") -> float | None:
     measured = results["latency"]["rows"].get(row, {}).get("by_threads", {}).get(threads)
-    if not measured:
+    if not measured or kind not in measured:
         return None
     return measured[kind] if kind.startswith("throughput") else measured[kind][stat]
 
@@ -266,6 +266,14 @@ def latency_section(results: dict) -> list[str]:
                   *_table(["Variant", "End to end p50 / p90 / p99 (ms)",
                            "Model only p50 / p90 / p99 (ms)", "Throughput (images/s)",
                            "× vs Keras predict", "× vs Keras tf.function"], rows)]
+        checks = [f"{row} " + " / ".join(_num(_stat(results, row, threads, "input_check_ms", s),
+                                              2) for s in ("p50", "p90", "p99"))
+                  for row in results["latency"]["rows"]
+                  if _stat(results, row, threads, "input_check_ms") is not None]
+        if checks:
+            lines += ["Input check alone (colour, frame checks on a 64 px thumbnail, feature "
+                      "distance), inside end to end, p50 / p90 / p99 (ms): "
+                      + "; ".join(checks) + ".", ""]
     return lines + [f"![latency]({results['plots']['latency']})", ""]
 
 

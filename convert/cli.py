@@ -228,7 +228,7 @@ def _refitted(entries: dict[str, dict], arch: str, folder: Path, busi_dir: str |
     try:
         checked = input_check_entries({key: calibrated[key] for key in entries}, folder,
                                       busi_dir, threads)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:  # also: a site's split or images missing
         raise click.ClickException(f"input check: {err}") from None
     return {**calibrated, **checked}
 

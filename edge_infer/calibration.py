@@ -170,12 +170,15 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray,
 @dataclass(frozen=True)
 class Calibration:
     """What a Classifier applies to its model's outputs: the temperature (None: not fitted),
-    the high-sensitivity threshold, and which profile they came from ('shipped' or a site
-    profile's file name and sha256)."""
+    the high-sensitivity threshold, which profile they came from ('shipped' or a site
+    profile's file name and sha256), the mode used when none is asked for, and a site's own
+    warning threshold for the input check (None: the model's)."""
 
     temperature: float | None
     threshold: float
     profile: str
+    mode: str = "argmax"
+    ood_threshold: float | None = None
 
     def info(self) -> dict:
         """The fields every result carries, saying how its probabilities were calibrated."""

@@ -54,8 +54,10 @@ class Result:
     temperature: float | None
     profile: str
     in_distribution: bool | None
+    domain_warning: bool
     ood_score: float | None
     ood_threshold: float | None
+    refuse_threshold: float | None
     colour_score: float | None
     ood_reasons: list[str]
     refused: bool
@@ -85,7 +87,8 @@ class Classifier:
 
     `model`: a variant ('int8', 'float16', 'float32'), a manifest key ('efficientnet-lite0/int8')
     or a model file the manifest lists. `site`: a site profile (`edge-infer calibrate`) whose
-    temperature and threshold replace the shipped ones. `quiet` drops the interpreter's log lines.
+    temperature, threshold, mode and input-check warning level replace the shipped ones.
+    `quiet` drops the interpreter's log lines.
     """
 
     def __init__(self, model: str = "int8", site: str | os.PathLike | None = None,
@@ -105,8 +108,10 @@ class Classifier:
                                  f"the manifest's {self.entry.info.get(side)}")
         folder = Path(manifest_file).parent if manifest_file else manifest_path().parent
         self.cam_head: CamHead | None = self._load_cam_head(folder)
-        self.input_check: OodDetector | None = load_detector(self.entry.info, folder,
-                                                             self.entry.key)
+        detector = load_detector(self.entry.info, folder, self.entry.key)
+        if detector is not None and self.calibration.ood_threshold is not None:
+            detector = detector.with_threshold(self.calibration.ood_threshold)
+        self.input_check: OodDetector | None = detector
 
     def _load_cam_head(self, folder: Path) -> CamHead | None:
         """The head weights for heat-maps (sha256-checked), if the entry lists them."""
@@ -141,14 +146,14 @@ class Classifier:
                 heatmap: bool | str = False) -> Result:
         """Classify one image: a path, bytes, file object, PIL image or uint8 array.
 
-        `mode`/`threshold`: argmax (default) or high-sensitivity (a threshold implies it; the
-        default threshold is this classifier's). `ood`: refuse (withhold the label of an image
-        that does not look like breast ultrasound) or warn. `heatmap`: True for the predicted
-        class's map, or a class name. ImageError for an input that cannot be read."""
+        `mode`/`threshold`: argmax or high-sensitivity (a threshold implies it; the default
+        threshold is this classifier's); no mode: the site profile's, else argmax. `ood`:
+        refuse (withhold the label of an image that is not a breast ultrasound) or warn (label
+        it anyway); a breast scan unlike the training hospitals' is labelled either way, with
+        `domain_warning`. `heatmap`: True for the predicted class's map, or a class name.
+        ImageError for an input that cannot be read."""
         decoded = decode_image(_as_image(image))
-        mode = requested_mode(mode, threshold)
-        if mode == "high-sensitivity" and threshold is None:
-            threshold = self.threshold
+        mode, threshold = self.decision_rule(mode, threshold)
         output = self._model.run(to_model_input(decoded.image))
         probs = apply_temperature(output.probs, self.calibration.temperature)
         record = with_ood({**decide(probs, mode, threshold).to_dict(),
@@ -163,12 +168,30 @@ class Classifier:
             notes += [note] if note else []
         return Result(**record, notes=notes, heatmap=overlay)
 
+    def decision_rule(self, mode: Mode | None = None,
+                      threshold: float | None = None) -> tuple[Mode, float | None]:
+        """The mode and threshold `predict` applies for these options: a threshold implies
+        high-sensitivity; no mode means the site profile's (argmax without one); the default
+        threshold is this classifier's. ValueError for a threshold with argmax."""
+        mode = requested_mode(mode or (None if threshold is not None
+                                       else self.calibration.mode), threshold)
+        if mode == "high-sensitivity" and threshold is None:
+            threshold = self.threshold
+        return mode, threshold
+
     def predict_proba(self, image: ImageInput, calibrated: bool = True) -> np.ndarray:
         """Class probabilities (3,) in CLASS_NAMES order, through the temperature unless
         `calibrated` is False (what a site profile is fitted on); no input check applied."""
-        decoded = decode_image(_as_image(image))
-        probs = self._model.run(to_model_input(decoded.image)).probs
+        probs = self.raw_output(image)[0]
         return apply_temperature(probs, self.calibration.temperature) if calibrated else probs
+
+    def raw_output(self, image: ImageInput) -> tuple[np.ndarray, float | None]:
+        """What a site profile is fitted on: the uncalibrated probabilities (3,) and the input
+        check's feature distance (None: no fitted check)."""
+        output = self._model.run(to_model_input(decode_image(_as_image(image)).image))
+        distance = (None if self.input_check is None or output.feature_map is None
+                    else float(self.input_check.density.score(output.pooled_features)))
+        return output.probs, distance
 
     def _check(self, output: ModelOutput, image: Image.Image):
         """The input check's verdict, or None when the model has none fitted."""

@@ -29,7 +29,13 @@ from edge_infer.inputs import expand_inputs, labelled_csv, labelled_folder
 from edge_infer.manifest import ModelError, models_dir, read_manifest
 from edge_infer.ood import POLICIES, ood_message
 from edge_infer.preprocess import ImageError
-from edge_infer.site_profile import fit_site_profile, profile_summary_lines, write_profile
+from edge_infer.site_profile import (
+    DEFAULT_MODE,
+    fit_site_profile,
+    profile_summary_lines,
+    site_input_check,
+    write_profile,
+)
 from edge_infer.spec import CLASS_NAMES
 from edge_infer.tflite_model import InterpreterMissing
 from edge_infer.web.defaults import (
@@ -44,6 +50,7 @@ EXIT_UNKNOWN_LABEL = 4
 EXIT_REFUSED = 5
 EXIT_CANNOT_LISTEN = 6
 PROGRESS_MIN_IMAGES = 10
+FLAGS_WIDTH = 31  # the longest flags: forced,uncertain,domain-warning
 HEATMAP_SUFFIX = ".png"
 CLASSIFY_EXIT_CODES = (
     "Exit codes: 0 every input classified; 1 the model or the --site profile cannot be loaded, "
@@ -51,7 +58,9 @@ CLASSIFY_EXIT_CODES = (
     "--heatmap with more than one image, or a name not ending in .png); 3 some inputs could "
     "not be read (each named on stderr; the others are still classified); 5 some images were "
     "refused as not breast ultrasound (each named on stderr, no label and no heat-map given; "
-    "the others are still classified; 3 takes precedence; --ood warn labels them and exits 0).")
+    "the others are still classified; 3 takes precedence; --ood warn labels them and exits 0). "
+    "A breast scan unlike the training hospitals' is labelled with a domain warning on stderr "
+    "and domain_warning true: exit 0.")
 EVALUATE_EXIT_CODES = (
     "Exit codes: 0 every image evaluated; 1 the model or the --site profile cannot be loaded, "
     "scikit-learn (matplotlib with --plots) is missing, or --json / --plots cannot be written; "
@@ -59,7 +68,8 @@ EVALUATE_EXIT_CODES = (
     "still evaluated); 4 some labels are not class names (each named on stderr; the other "
     "images are still evaluated; takes precedence over 3).")
 CALIBRATE_EXIT_CODES = (
-    "Exit codes: 0 profile written; 1 the model cannot be loaded, the images read are too few "
+    "Exit codes: 0 profile written (also when its promise is weak: said on stderr); 1 the "
+    "model cannot be loaded, the images read are too few "
     "(fewer than 5 malignant or 5 normal + benign; no profile written), or the profile cannot "
     "be written; 2 usage error, also no malignant image among the labels; 3 some images could "
     "not be read (each named on stderr; the profile is still written from the others); 4 some "
@@ -119,10 +129,10 @@ def _finite_threshold(ctx: click.Context, param: click.Parameter,
     return value
 
 
-def _chosen_mode(mode: str | None, threshold: float | None) -> str:
-    """`requested_mode`, with a refused combination as a usage error (exit 2)."""
+def _check_mode(mode: str | None, threshold: float | None) -> None:
+    """Refuse a threshold with argmax as a usage error (exit 2), before any model is loaded."""
     try:
-        return requested_mode(mode, threshold)
+        requested_mode(mode, threshold)
     except ValueError:
         raise click.UsageError("--threshold applies to --mode high-sensitivity only") from None
 
@@ -141,8 +151,8 @@ model_option = click.option(
          "file listed in the manifest.")
 mode_option = click.option(
     "--mode", type=click.Choice(MODES), default=None,
-    help="argmax (default), or high-sensitivity: call malignant whenever "
-         "prob_malignant >= threshold.")
+    help="argmax (default; with --site, the profile's mode), or high-sensitivity: call "
+         "malignant whenever prob_malignant >= threshold.")
 threshold_option = click.option(
     "--threshold", type=click.FloatRange(0.0, 1.0), default=None, callback=_finite_threshold,
     help="High-sensitivity threshold (implies that mode); default: the model's threshold "
@@ -151,8 +161,9 @@ threads_option = click.option("--threads", type=click.IntRange(1), default=DEFAU
                               show_default=True, help="Interpreter threads.")
 site_option = click.option(
     "--site", "site", metavar="PROFILE.json", type=click.Path(path_type=Path),
-    help="A site profile from `edge-infer calibrate`: its temperature and threshold instead of "
-         "the shipped ones (refused if fitted for another model file).")
+    help="A site profile from `edge-infer calibrate`: its temperature, threshold, mode (when "
+         "--mode is not given) and input-check level instead of the shipped ones (refused if "
+         "fitted for another model file).")
 quiet_option = click.option("--quiet", "-q", is_flag=True,
                             help="No notes or progress bar; errors only.")
 def labelled_images(command: Callable) -> Callable:
@@ -181,8 +192,9 @@ heatmap_option = click.option(
          "None for an image refused as not breast ultrasound.")
 ood_option = click.option(
     "--ood", "ood_policy", type=click.Choice(POLICIES), default="refuse", show_default=True,
-    help="An image that does not look like a breast ultrasound (edge_infer/ood.py): refuse "
-         "gives it no label (exit 5), warn labels it anyway; both say so on stderr.")
+    help="An image that is not a breast ultrasound (edge_infer/ood.py): refuse gives it no "
+         "label (exit 5), warn labels it anyway; both say so on stderr. A breast scan unlike "
+         "the training hospitals' is labelled either way, with a domain warning.")
 heatmap_class_option = click.option(
     "--heatmap-class", type=click.Choice(CLASS_NAMES), default=None,
     help="The class whose map --heatmap shows (default: the prediction).")
@@ -191,19 +203,20 @@ heatmap_class_option = click.option(
 CSV_FIELDS: tuple[str, ...] = (
     "file", "prediction", "argmax_prediction", *(f"prob_{c}" for c in CLASS_NAMES),
     "forced_malignant", "uncertain", "threshold", "margin", "temperature", "profile",
-    "in_distribution", "ood_score", "error")
+    "in_distribution", "domain_warning", "ood_score", "error")
 
 
 def _table_row(name: str, result: Result | None, error: str | None) -> str:
     if result is None:
         dashes = " ".join(f"{'-':>9}" for _ in CLASS_NAMES)
-        return f"{'error':<10} {dashes}  {'-':<16} {name}"
+        return f"{'error':<10} {dashes}  {'-':<{FLAGS_WIDTH}} {name}"
     probs = " ".join(f"{result.probs[c]:>9.3f}" for c in CLASS_NAMES)
     flags = ",".join(f for f in ("forced" if result.forced_malignant else "",
                                  "uncertain" if result.uncertain else "",
+                                 "domain-warning" if result.domain_warning else
                                  "not-ultrasound" if result.in_distribution is False else "")
                      if f)
-    return f"{result.prediction or 'refused':<10} {probs}  {flags or '-':<16} {name}"
+    return f"{result.prediction or 'refused':<10} {probs}  {flags or '-':<{FLAGS_WIDTH}} {name}"
 
 
 def _csv_row(name: str, result: Result | None, error: str | None) -> list:
@@ -213,7 +226,7 @@ def _csv_row(name: str, result: Result | None, error: str | None) -> list:
             *(f"{result.probs[c]:.6f}" for c in CLASS_NAMES),
             result.forced_malignant, result.uncertain, result.threshold,
             result.margin, result.temperature, result.profile,
-            result.in_distribution, result.ood_score, ""]
+            result.in_distribution, result.domain_warning, result.ood_score, ""]
 
 
 def _row_writer(style: str) -> Callable[[str, Result | None, str | None], None]:
@@ -227,7 +240,7 @@ def _row_writer(style: str) -> Callable[[str, Result | None, str | None], None]:
         return lambda name, result, error: click.echo(json.dumps(
             {"file": name, **result.to_dict()} if result else {"file": name, "error": error}))
     click.echo(f"{'prediction':<10} {' '.join(f'{c:>9}' for c in CLASS_NAMES)}  "
-               f"{'flags':<16} file")
+               f"{'flags':<{FLAGS_WIDTH}} file")
     return lambda name, result, error: click.echo(_table_row(name, result, error))
 
 
@@ -251,7 +264,7 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
     """Classify images and folders (searched recursively; BUSI *_mask files skipped)."""
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
-    mode = _chosen_mode(mode, threshold)
+    _check_mode(mode, threshold)
     found = expand_inputs(list(inputs))
     if heatmap and len(found.items) != 1:
         raise click.UsageError("--heatmap writes one image's heat-map: give exactly one image")
@@ -263,7 +276,7 @@ def classify(inputs: tuple[str, ...], model_name: str, mode: str | None,
         sys.exit(EXIT_MODEL)
     say = _note_printer(quiet)
     if site or classifier.calibration.temperature is None:
-        say(f"note: {calibration_note(classifier)}")
+        say(f"note: {calibration_note(classifier, mode, threshold)}")
     if classifier.input_check is None:
         say(f"note: {classifier.entry.key} has no fitted check for images that are not breast "
             "ultrasound: in_distribution is null")
@@ -312,15 +325,17 @@ def _write_heatmap(overlay: Image.Image, out: Path, label: str,
     say(f"note: heat-map of class {label} written to {out}")
 
 
-def calibration_note(classifier: Classifier) -> str:
-    """How this run's probabilities are calibrated, in one line."""
+def calibration_note(classifier: Classifier, mode: str | None,
+                     threshold: float | None) -> str:
+    """How this run's probabilities are calibrated and decided, in one line."""
     calibration = classifier.calibration
     if calibration.temperature is None:
         return (f"{classifier.entry.key} has no fitted temperature: its probabilities are "
                 "uncalibrated (python -m busi calibrate fits one)")
-    return (f"probabilities calibrated with temperature {calibration.temperature:.3f}, "
-            f"high-sensitivity threshold {calibration.threshold:.3f} (profile: "
-            f"{calibration.profile})")
+    mode, threshold = classifier.decision_rule(mode, threshold)
+    rule = "argmax" if threshold is None else f"high-sensitivity at {threshold:.3f}"
+    return (f"probabilities calibrated with temperature {calibration.temperature:.3f}; deciding "
+            f"by {rule} (profile: {calibration.profile})")
 
 
 @main.command(epilog=INFO_EXIT_CODES)
@@ -400,7 +415,7 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
     """
     if (path is None) == (labels_file is None):
         raise click.UsageError("give a folder of class folders (DIR) or --labels CSV, not both")
-    mode = _chosen_mode(mode, threshold)
+    _check_mode(mode, threshold)
     evaluation = _load_evaluation(plots_dir is not None)
     found = labelled_csv(labels_file) if labels_file else labelled_folder(path)
     if not (found.items or found.unreadable or found.unlabelled):
@@ -410,11 +425,12 @@ def evaluate(path: Path | None, labels_file: Path | None, model_name: str, mode:
             "and labels use --labels")
     classifier = load_classifier(model_name, threads, site, quiet)
     threshold_source = None
+    given = threshold
+    mode, threshold = classifier.decision_rule(mode, threshold)
     if mode == "high-sensitivity":
-        threshold_source = ("given" if threshold is not None else
+        threshold_source = ("given" if given is not None else
                             "the site profile's threshold" if site else
                             "the model's validated threshold")
-        threshold = classifier.threshold if threshold is None else threshold
     say = _note_printer(quiet)
     for note in found.notes:
         say(f"note: {note}")
@@ -548,25 +564,30 @@ def serve(host: str, port: int, model_name: str, threads: int, workers: int,
 @threads_option
 @click.option("--description", default="", metavar="TEXT",
               help="Where the images come from (clinic, scanner, period), kept in the profile.")
+@click.option("--mode", type=click.Choice(MODES), default=DEFAULT_MODE, show_default=True,
+              help="The mode the profile is made for: what --site decides by when --mode is "
+                   "not given.")
 @click.option("--resamples", type=click.IntRange(10), default=1000, show_default=True,
               help="Bootstrap resamples for the sensitivity interval and refits (seed 0).")
 @click.option("--quiet", "-q", is_flag=True,
               help="No notes or progress bar (warnings and errors are still shown).")
 def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name: str,
-              threads: int, description: str, resamples: int, quiet: bool) -> None:
-    """Fit a site profile from a clinic's own labelled images (as few as ~50, at least 20
-    malignant for a sound promise; refused below 5 malignant or 5 normal + benign): DIR holds a
+              threads: int, description: str, mode: str, resamples: int, quiet: bool) -> None:
+    """Fit a site profile from a clinic's own labelled images (as few as ~50; at least 59
+    malignant for an exact promise; refused below 5 malignant or 5 normal + benign): DIR holds a
     folder per class, or --labels CSV lists file,label, as for `evaluate`.
 
     \b
     The profile holds a temperature for the model's probabilities (fitted on these images by
     minimising the negative log-likelihood) and the high-sensitivity threshold: the highest one
-    still calling >= 95 % of these malignant images malignant, with a bootstrap interval of
-    that sensitivity, the sensitivity refits reach on images they did not see, and warnings
-    when the malignant images are too few for the promise or the temperature sits at a bound
-    of its search range (the images did not pin it down). It is tied to the model file
-    (sha256). Use it with `edge-infer --site PROFILE.json IMAGE`, `edge-infer evaluate --site`
-    and `edge-infer serve --site`. Works in the light runtime (numpy only).
+    whose 95 % lower confidence bound of sensitivity is still >= 0.95 (exact with >= 59
+    malignant images; with fewer, a prediction bound, and the promise is called weak), with a
+    bootstrap interval of that sensitivity, the sensitivity refits reach on images they did
+    not see, and warnings when the promise is weak or the temperature sits at a bound of its
+    search range. It states its mode (high-sensitivity by default) and these scans' level of
+    the input check's feature distance, so they stop drawing the domain warning. It is tied to
+    the model file (sha256). Use it with `edge-infer --site PROFILE.json IMAGE`, `edge-infer
+    evaluate --site` and `edge-infer serve --site`. Works in the light runtime (numpy only).
     """
     if (path is None) == (labels_file is None):
         raise click.UsageError("give a folder of class folders (DIR) or --labels CSV, not both")
@@ -580,15 +601,17 @@ def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name
     say = _note_printer(quiet)
     for note in found.notes:
         say(f"note: {note}")
-    raw, labels, failures = [], [], []
+    raw, distances, labels, failures = [], [], [], []
     progress = tqdm(found.items, unit="img", file=sys.stderr,
                     disable=quiet or len(found.items) < PROGRESS_MIN_IMAGES)
     for image_path, label in progress:
         try:
-            raw.append(classifier.predict_proba(image_path, calibrated=False))
+            probs, distance = classifier.raw_output(image_path)
         except ImageError as err:
             failures.append((str(image_path), str(err)))
             continue
+        raw.append(probs)
+        distances.append(distance)
         labels.append(CLASS_NAMES.index(label))
     for name, reason in found.unreadable + failures + found.unlabelled:
         click.echo(f"error: {name}: {reason}", err=True)
@@ -597,10 +620,12 @@ def calibrate(path: Path | None, labels_file: Path | None, out: Path, model_name
     source = {"kind": "labels" if labels_file else "folder", "path": str(source_path.resolve()),
               "description": description, "not_used": len(found.unreadable + failures
                                                           + found.unlabelled)}
+    check = (None if classifier.input_check is None or not distances
+             else site_input_check(np.array(distances), classifier.input_check))
     try:
         profile = fit_site_profile(np.array(raw).reshape(-1, len(CLASS_NAMES)),
                                    np.array(labels, dtype=np.int64), classifier.model_info,
-                                   source, n_resamples=resamples)
+                                   source, n_resamples=resamples, mode=mode, input_check=check)
     except ValueError as err:  # no malignant image read, or too few images (no profile)
         click.echo(f"error: {err}", err=True)
         sys.exit(EXIT_MODEL)

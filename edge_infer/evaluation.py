@@ -94,12 +94,22 @@ def seen_in_fitting(files: list[str], folder: Path | None = None) -> list[str]:
     return [file for file in files if Path(file).name in seen]
 
 
-def out_of_distribution(files: list[str], decisions: list[dict]) -> dict:
-    """How many evaluated images the model's check says are not breast ultrasound (at a
-    clinic of breast scans: its false alarms), and which; checked False: no fitted check."""
-    flagged = [file for file, d in zip(files, decisions) if d["in_distribution"] is False]
+def out_of_distribution(files: list[str], labels: list[int], decisions: list[dict]) -> dict:
+    """What the model's input check says of the evaluated images (at a clinic of breast
+    scans, every refusal is a false alarm): how many it would refuse as not breast ultrasound
+    and how many it labels with a domain warning, in all and per class, and which; checked
+    False: no fitted check."""
+    tiers = ["warned" if d["domain_warning"] else "refused" if d["in_distribution"] is False
+             else "" for d in decisions]
     checked = any(d["in_distribution"] is not None for d in decisions)
-    return {"checked": checked, "flagged": len(flagged), "n": len(decisions), "files": flagged}
+    per_class = {name: {tier: sum(t == tier for t, label in zip(tiers, labels) if label == i)
+                        for tier in ("refused", "warned")}
+                 for i, name in enumerate(CLASS_NAMES)}
+    return {"checked": checked, "n": len(decisions),
+            "refused": tiers.count("refused"), "warned": tiers.count("warned"),
+            "per_class": per_class,
+            "files_refused": [f for f, t in zip(files, tiers) if t == "refused"],
+            "files_warned": [f for f, t in zip(files, tiers) if t == "warned"]}
 
 
 def _quietly(compute: Callable[[], dict]) -> dict:
@@ -203,7 +213,8 @@ def build_report(classifier: Classifier, predictions: Predictions, mode: str,
         **evaluate_predictions(y_true, predictions.probs, threshold, n_resamples),
         "errors": errors,
         "notes": notes,
-        "out_of_distribution": out_of_distribution(predictions.files, predictions.decisions),
+        "out_of_distribution": out_of_distribution(predictions.files, predictions.labels,
+                                                   predictions.decisions),
         "seen_in_fitting": seen_in_fitting(predictions.files),
         "predictions": [{"file": file, "label": CLASS_NAMES[label], **decision}
                         for file, label, decision in zip(predictions.files, predictions.labels,
@@ -253,10 +264,15 @@ def summary_lines(report: dict) -> list[str]:
                      "images of the model's own training or validation split: its figures on "
                      "them flatter it (evaluate on images it has not seen)")
     ood = report["out_of_distribution"]
-    lines.append(f"Not like breast ultrasound (the model's check, edge-infer would refuse them): "
-                 f"{ood['flagged']} of {ood['n']} images, included in the figures below"
-                 if ood["checked"] else "Not checked for being breast ultrasound (the model "
-                 "has no fitted check)")
+    if ood["checked"]:
+        by_class = ", ".join(f"{name} {ood['per_class'][name]['refused']} / "
+                             f"{ood['per_class'][name]['warned']}" for name in CLASS_NAMES)
+        lines += [f"Not like breast ultrasound (edge-infer would refuse them): {ood['refused']} "
+                  f"of {ood['n']} images; unlike the training hospitals' scans (labelled with "
+                  f"a domain warning): {ood['warned']}; per class refused / warned: "
+                  f"{by_class}. All are included in the figures below"]
+    else:
+        lines.append("Not checked for being breast ultrasound (the model has no fitted check)")
     lines += [
         f"Malignant calls: {rule}. Accuracy, per-class figures and the confusion matrix use "
         "argmax.",

@@ -1,7 +1,16 @@
 """Does an image look like the breast ultrasound the model was trained on? numpy only.
 
 A 3-class softmax always answers normal, benign or malignant, also for a photo or a screenshot.
-Two cheap checks, on what the runtime already has:
+The check has two tiers:
+
+- refuse (no label): not a breast ultrasound at all: a colour picture or a Doppler-dominated
+  frame (colour), a blank, noise-only or smooth-gradient frame (`frame_reasons`, on a 64 px
+  thumbnail), or features beyond the refuse boundary;
+- warn (label given, `domain_warning`): a breast scan unlike the training hospitals' ones:
+  feature distance above the warning threshold but within the refuse boundary. Such a scan is
+  answered, with the advice to validate the model locally.
+
+Cheap checks, on what the runtime already has:
 
 - feature distance (the check that decides): the model's pooled features (the feature map
   averaged over space, what its classifier head sees), scaled to unit length, and their
@@ -17,9 +26,14 @@ Two cheap checks, on what the runtime already has:
   (`edge_infer.preprocess.decode_image`), since the model input is luma only.
 
 The parameters are fitted on the model's training split (BUSI, plus BUS-BRA's training patients
-for a model trained on both) and the feature threshold is chosen on the matching validation
-images for a stated false-alarm rate (`python -m busi ood-fit`, convert/ood_fit.py); both live
-beside the model, in a sidecar .npz and its manifest entry ("ood"), checked by sha256 on load.
+for a model trained on both) and the warning threshold is chosen on the matching validation
+images for a stated false-alarm rate (`python -m busi ood-fit`, convert/ood_fit.py). The refuse
+boundary is set by leaving a site out: fitted on one training hospital, how far do the other
+hospital's scans land (as a multiple of that fit's warning threshold)? The largest such
+multiple, with a 5 % margin, times the warning threshold, is the boundary. Both live beside the
+model, in a sidecar .npz and its manifest entry ("ood"), checked by sha256 on load. A site
+profile (`edge-infer calibrate`) may raise the warning threshold to its own scans' level, never
+past the refuse boundary.
 `energy_score` and `max_softmax_score` are the logit-based scores the benchmark compares against.
 """
 
@@ -27,7 +41,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -44,6 +58,15 @@ COLOUR_THRESHOLD = 0.05  # off-tint pixel fraction; BUSI's highest is about 0.01
 COLOUR_SAMPLES = 96  # the colour check reads about this many pixels along each side
 COLOUR_LUMA_BINS = 16
 COLOUR_TOLERANCE = 24  # levels of (R - G, B - G) away from the tint of the pixel's brightness
+REFUSE_MARGIN = 1.05  # the refuse boundary: the largest leave-a-site-out multiple, times this
+THUMBNAIL_SIDE = 64  # the frame checks read a grey thumbnail of this side
+# Frame checks (bounds chosen on all 1096 BUSI and BUS-BRA train/val scans, whose lowest values
+# are 14.2, 0.78 and 3.3): a real scan has contrast, neighbouring pixels that agree, and
+# speckle texture.
+BLANK_STD = 5.0  # grey levels: below it the frame is blank
+NOISE_CORRELATION = 0.5  # neighbour correlation: below it the frame is noise
+SMOOTH_TEXTURE = 1.0  # mean |pixel - its 3x3 mean|: below it the frame is a smooth gradient
+Tier = Literal["ok", "warn", "refuse"]
 OodPolicy = Literal["refuse", "warn"]
 POLICIES: tuple[str, ...] = ("refuse", "warn")
 MIN_NORM = 1e-6  # a feature vector shorter than this (an all-black image) counts as zero
@@ -147,14 +170,41 @@ def colour_score(image: Image.Image) -> float:
     grid = image.resize((max(1, width // step), max(1, height // step)),
                         Image.Resampling.NEAREST).convert("RGB")
     sample = np.asarray(grid, dtype=np.int32).reshape(-1, 3)
-    luma = (sample @ np.array([299, 587, 114])) // 1000
-    chroma = np.stack([sample[:, 0] - sample[:, 1], sample[:, 2] - sample[:, 1]], axis=1)
+    red, green, blue = sample[:, 0], sample[:, 1], sample[:, 2]
+    luma = (299 * red + 587 * green + 114 * blue) // 1000
     bins = np.minimum(luma * COLOUR_LUMA_BINS // 256, COLOUR_LUMA_BINS - 1)
     counts = np.maximum(np.bincount(bins, minlength=COLOUR_LUMA_BINS), 1)
-    tint = np.stack([np.bincount(bins, chroma[:, k], COLOUR_LUMA_BINS) / counts
-                     for k in range(2)], axis=1)
-    off = np.abs(chroma - tint[bins]).max(axis=1) > COLOUR_TOLERANCE
+    off = np.zeros(len(sample), dtype=bool)
+    for chroma in (red - green, blue - green):
+        tint = np.bincount(bins, chroma, COLOUR_LUMA_BINS) / counts
+        off |= np.abs(chroma - tint[bins]) > COLOUR_TOLERANCE
     return float(off.mean())
+
+
+def grey_thumbnail(image: Image.Image) -> np.ndarray:
+    """The image as a THUMBNAIL_SIDE x THUMBNAIL_SIDE grey array, float64: sampled on a grid
+    of twice that side, then box-averaged (a tenth of the time of averaging every pixel)."""
+    side = 2 * THUMBNAIL_SIDE
+    grid = image.resize((side, side), Image.Resampling.NEAREST)
+    small = grid.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BOX).convert("L")
+    return np.asarray(small, dtype=np.float64)
+
+
+def frame_reasons(image: Image.Image) -> list[str]:
+    """Why a frame cannot be an ultrasound scan (empty when nothing is found): blank, noise
+    without structure, or a smooth gradient without speckle texture."""
+    grey = grey_thumbnail(image)
+    if grey.std() < BLANK_STD:
+        return ["the image is blank"]
+    centred = grey - grey.mean()
+    correlation = float((centred[:, 1:] * centred[:, :-1]).mean() / centred.var())
+    if correlation < NOISE_CORRELATION:
+        return ["the image is noise without structure"]
+    window = sum(grey[1 + dy:grey.shape[0] - 1 + dy, 1 + dx:grey.shape[1] - 1 + dx]
+                 for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
+    if np.abs(grey[1:-1, 1:-1] - window).mean() < SMOOTH_TEXTURE:
+        return ["the image is a smooth gradient without ultrasound texture"]
+    return []
 
 
 def energy_score(logits: np.ndarray) -> np.ndarray:
@@ -190,42 +240,68 @@ def choose_threshold(scores: np.ndarray, false_alarm: float = TARGET_FALSE_ALARM
 
 @dataclass(frozen=True)
 class OodCheck:
-    """The verdict on one image: in_distribution is False when either score exceeds its
-    threshold; reasons says which, in words."""
+    """The verdict on one image: tier ok, warn (a breast scan unlike the training hospitals':
+    labelled, with a domain warning) or refuse (not a breast ultrasound); reasons say why."""
 
-    in_distribution: bool
+    tier: Tier
     ood_score: float
     ood_threshold: float
+    refuse_threshold: float
     colour_score: float | None  # None: no decoded image was given
     colour_threshold: float
     reasons: list[str] = field(default_factory=list)
 
+    @property
+    def in_distribution(self) -> bool:
+        """Whether the image looks like the training hospitals' scans (tier ok)."""
+        return self.tier == "ok"
+
 
 @dataclass(frozen=True, eq=False)
 class OodDetector:
-    """A model's fitted feature density and thresholds (from its manifest entry)."""
+    """A model's fitted feature density and thresholds (from its manifest entry): `threshold`
+    warns, `refuse_threshold` refuses."""
 
     density: FeatureDensity
     threshold: float
+    refuse_threshold: float
     colour_threshold: float
 
     def check(self, pooled: np.ndarray, image: Image.Image | None = None) -> OodCheck:
         """Score one image's pooled features (and its decoded RGB image, when given)."""
         score = float(self.density.score(pooled))
         colour = colour_score(image) if image is not None else None
-        reasons = []
-        if score > self.threshold:
-            reasons.append(f"far from the training scans: feature distance {score:.2f} > "
-                           f"{self.threshold:.2f}")
+        refuse = frame_reasons(image) if image is not None else []
         if colour is not None and colour > self.colour_threshold:
-            reasons.append(f"{colour:.0%} of the pixels coloured; ultrasound is grey")
-        return OodCheck(not reasons, score, self.threshold, colour, self.colour_threshold,
-                        reasons)
+            refuse.append(f"{colour:.0%} of its pixels are coloured (a photograph, drawing or "
+                          "colour Doppler); B-mode ultrasound is grey")
+        if score > self.refuse_threshold:
+            refuse.append("its features are far from every breast ultrasound scan the check "
+                          "knows")
+        if refuse:
+            return OodCheck("refuse", score, self.threshold, self.refuse_threshold, colour,
+                            self.colour_threshold, refuse)
+        if score > self.threshold:
+            return OodCheck("warn", score, self.threshold, self.refuse_threshold, colour,
+                            self.colour_threshold, [DOMAIN_WARNING])
+        return OodCheck("ok", score, self.threshold, self.refuse_threshold, colour,
+                        self.colour_threshold)
+
+    def with_threshold(self, threshold: float) -> OodDetector:
+        """The same detector warning above `threshold` (a site's own level), capped at the
+        refuse boundary, which a site never moves."""
+        return replace(self, threshold=min(float(threshold), self.refuse_threshold))
+
+
+DOMAIN_WARNING = ("the scan differs from the training hospitals' scans: the label is given, but "
+                  "validate the model on your own labelled scans (edge-infer evaluate, "
+                  "edge-infer calibrate)")
 
 
 def load_detector(info: dict, folder: str | os.PathLike, owner: str) -> OodDetector | None:
     """The detector a manifest entry lists under "ood" (its .npz sha256-checked), or None
-    when the entry has none (a model not yet fitted by python -m busi ood-fit)."""
+    when the entry has none (a model not yet fitted by python -m busi ood-fit). An entry
+    fitted before the two tiers has no refuse_threshold: it refuses at its threshold."""
     facts = info.get("ood")
     if facts is None:
         return None
@@ -234,23 +310,28 @@ def load_detector(info: dict, folder: str | os.PathLike, owner: str) -> OodDetec
                        "python -m busi ood-fit again")
     path = checked_sidecar(Path(folder), facts, owner)
     channels = int(info["feature_map"]["shape"][-1]) if "feature_map" in info else -1
-    return OodDetector(load_feature_density(path, channels), float(facts["threshold"]),
+    threshold = float(facts["threshold"])
+    return OodDetector(load_feature_density(path, channels), threshold,
+                       float(facts.get("refuse_threshold", threshold)),
                        float(facts["colour_threshold"]))
 
 
 def ood_fields(check: OodCheck | None, policy: str) -> dict:
     """The result fields every output carries: in_distribution (None = not checked: the
-    model has no OOD parameters), the scores and thresholds, the reasons and whether the
-    label was withheld."""
+    model has no OOD parameters), domain_warning (a breast scan unlike the training
+    hospitals', labelled), the scores and thresholds, the reasons and whether the label was
+    withheld (refused: not a breast ultrasound, under the refuse policy)."""
     if policy not in POLICIES:
         raise ValueError(f"OOD policy must be one of {POLICIES}, got {policy!r}")
     if check is None:
-        return {"in_distribution": None, "ood_score": None, "ood_threshold": None,
-                "colour_score": None, "ood_reasons": [], "refused": False}
-    return {"in_distribution": check.in_distribution, "ood_score": check.ood_score,
-            "ood_threshold": check.ood_threshold, "colour_score": check.colour_score,
+        return {"in_distribution": None, "domain_warning": False, "ood_score": None,
+                "ood_threshold": None, "refuse_threshold": None, "colour_score": None,
+                "ood_reasons": [], "refused": False}
+    return {"in_distribution": check.in_distribution, "domain_warning": check.tier == "warn",
+            "ood_score": check.ood_score, "ood_threshold": check.ood_threshold,
+            "refuse_threshold": check.refuse_threshold, "colour_score": check.colour_score,
             "ood_reasons": list(check.reasons),
-            "refused": not check.in_distribution and policy == "refuse"}
+            "refused": check.tier == "refuse" and policy == "refuse"}
 
 
 def with_ood(result: dict, check: OodCheck | None, policy: str) -> dict:
@@ -263,11 +344,10 @@ def with_ood(result: dict, check: OodCheck | None, policy: str) -> dict:
     return merged
 
 
-NOT_ULTRASOUND = ("does not look like a breast ultrasound: its class probabilities should not "
-                  "be trusted")
-
-
 def ood_message(name: str, result: dict) -> str:
-    """One line for a person about a flagged image: what was found and what was done."""
+    """One plain line for a person about a flagged image: what was found and what was done."""
+    if result["domain_warning"]:
+        return f"{name}: {DOMAIN_WARNING}"
     action = "no label given" if result["refused"] else "labelled anyway (--ood warn)"
-    return f"{name} {NOT_ULTRASOUND} ({'; '.join(result['ood_reasons'])}); {action}"
+    return (f"{name} does not look like a breast ultrasound: {'; '.join(result['ood_reasons'])}"
+            f"; {action}")

@@ -51,9 +51,9 @@ def bus_bra_root() -> Path:
 
 @pytest.fixture(scope="session")
 def not_ultrasound(tmp_path_factory: pytest.TempPathFactory, classifier: Classifier) -> Path:
-    """A grey text or screenshot-like image (synthetic, no download) that the shipped int8
-    model's check flags: the CLI, API and page tests need one it refuses (the detection rates
-    are tested apart, against the report)."""
+    """A text or screenshot-like image (synthetic, no download) that the shipped int8 model's
+    check refuses as not breast ultrasound: the CLI, API and page tests need one (the detection
+    rates are tested apart, against the report)."""
     from benchmarks.ood_sets import synthetic_images
 
     if classifier.input_check is None:
@@ -64,6 +64,6 @@ def not_ultrasound(tmp_path_factory: pytest.TempPathFactory, classifier: Classif
         if "text" in named.name or "screenshot" in named.name:
             path = folder / f"{named.name.split('/')[-1]}.png"
             named.image.save(path)
-            if classifier.predict(path).in_distribution is False:
+            if classifier.predict(path).refused:
                 return path
-    raise AssertionError("the shipped check flags no synthetic text or screenshot image")
+    raise AssertionError("the shipped check refuses no synthetic text or screenshot image")

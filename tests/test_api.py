@@ -28,8 +28,9 @@ from edge_infer.splits import split_files
 REPO = Path(__file__).resolve().parent.parent
 RECORD_FIELDS = ["prediction", "argmax_prediction", "forced_malignant", "mode", "threshold",
                  "probs", "prob_malignant", "top2", "margin", "uncertain", "model",
-                 "temperature", "profile", "in_distribution", "ood_score", "ood_threshold",
-                 "colour_score", "ood_reasons", "refused", "notes"]
+                 "temperature", "profile", "in_distribution", "domain_warning", "ood_score",
+                 "ood_threshold", "refuse_threshold", "colour_score", "ood_reasons", "refused",
+                 "notes"]
 WHEEL_LIMIT_BYTES = 20 * 10**6
 
 
@@ -107,10 +108,10 @@ def test_unreadable_input_is_an_image_error(classifier: Classifier, tmp_path: Pa
             classifier.predict(source)
 
 
-def test_only_predict_and_predict_proba_are_public() -> None:
+def test_the_public_methods_are_predict_and_its_parts() -> None:
     public = sorted(name for name, value in vars(Classifier).items()
                     if not name.startswith("_") and callable(value))
-    assert public == ["predict", "predict_proba"]
+    assert public == ["decision_rule", "predict", "predict_proba", "raw_output"]
 
 
 def test_heatmap_is_drawn_at_a_bounded_size(classifier: Classifier, scans: list[Path],

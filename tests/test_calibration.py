@@ -42,14 +42,20 @@ from edge_infer.manifest import (
     sha256_of,
 )
 from edge_infer.preprocess import preprocess_image
+from edge_infer.promise import (
+    allowed_misses,
+    cases_for_exact,
+    clopper_pearson_lower,
+    conservative_threshold,
+)
 from edge_infer.rates import malignant_called, malignant_recall_specificity
 from edge_infer.site_profile import (
-    MIN_MALIGNANT,
     MIN_MALIGNANT_TO_FIT,
     MIN_OTHER_TO_FIT,
     PROFILE_KIND,
     SCHEMA_VERSION,
     ProfileError,
+    fit_rule,
     fit_site_profile,
     load_profile,
     write_profile,
@@ -59,9 +65,10 @@ from edge_infer.splits import bus_bra_split_files, split_files
 from train.datasets import resolve_bus_bra_dir, resolve_external_dir
 
 MODEL = {"key": "arch/int8", "variant": "int8", "sha256": "0" * 64}
-PROFILE_KEYS = {"kind", "schema_version", "model", "temperature", "threshold",
-                "target_sensitivity", "counts", "fit", "figures", "bootstrap", "warnings",
-                "created", "source"}
+PROFILE_KEYS = {"kind", "schema_version", "model", "mode", "temperature", "threshold",
+                "target_sensitivity", "promise", "counts", "fit", "figures", "input_check",
+                "bootstrap", "warnings", "created", "source"}
+FEW_MALIGNANT = 10
 FEW_RESAMPLES = 50
 SUBPROCESS_TIMEOUT = 300
 
@@ -199,12 +206,15 @@ def test_a_site_profile_holds_its_fit_counts_and_intervals() -> None:
                                n_resamples=FEW_RESAMPLES)
     assert set(profile) == PROFILE_KEYS
     assert (profile["kind"], profile["schema_version"]) == (PROFILE_KIND, SCHEMA_VERSION)
-    assert profile["model"] == MODEL
-    fit = fit_calibration(probs, labels)
-    assert (profile["temperature"], profile["threshold"]) == (fit.temperature, fit.threshold)
+    assert profile["model"] == MODEL and profile["mode"] == "high-sensitivity"
+    temperature, threshold, basis = fit_rule(probs, labels, TARGET_MALIGNANT_RECALL)
+    assert (profile["temperature"], profile["threshold"]) == (temperature, threshold)
+    assert profile["promise"] == {**basis, "confidence": 0.95, "weak": basis["basis"] != "exact"}
+    assert temperature == fit_calibration(probs, labels).temperature
+    assert threshold <= fit_calibration(probs, labels).threshold  # conservative, never above
     counts = {c: int((labels == i).sum()) for i, c in enumerate(CLASS_NAMES)}
     assert profile["counts"] == {**counts, "total": 300}
-    called = malignant_called(apply_temperature(probs, fit.temperature), fit.threshold)
+    called = malignant_called(apply_temperature(probs, temperature), threshold)
     sensitivity, specificity = malignant_recall_specificity(labels, called)
     figures = profile["figures"]
     assert figures["sensitivity"]["value"] == sensitivity >= TARGET_MALIGNANT_RECALL
@@ -220,12 +230,14 @@ def test_a_site_profile_holds_its_fit_counts_and_intervals() -> None:
 def test_few_malignant_images_make_a_weak_promise_and_say_so() -> None:
     _, labels, probs = synthetic(300, 1.0, seed=6)
     keep = np.flatnonzero(labels != MALIGNANT_INDEX)[:60]
-    malignant = np.flatnonzero(labels == MALIGNANT_INDEX)[:MIN_MALIGNANT - 10]
+    malignant = np.flatnonzero(labels == MALIGNANT_INDEX)[:FEW_MALIGNANT]
     chosen = np.concatenate([keep, malignant])
     profile = fit_site_profile(probs[chosen], labels[chosen], MODEL, {},
                                n_resamples=FEW_RESAMPLES)
-    assert any(f"only {MIN_MALIGNANT - 10} malignant" in w for w in profile["warnings"])
-    assert profile["figures"]["sensitivity"]["value"] == 1.0  # catches all of so few
+    assert any(w.startswith(f"the promise is weak: it rests on only {FEW_MALIGNANT} malignant")
+               and f"at least {cases_for_exact(0.95)}" in w for w in profile["warnings"])
+    assert profile["promise"]["basis"] == "prediction" and profile["promise"]["weak"]
+    assert profile["figures"]["sensitivity"]["value"] == 1.0  # never above the lowest one
 
 
 def test_many_malignant_images_mostly_classified_right_give_no_warning() -> None:
@@ -278,6 +290,49 @@ def test_a_profile_needs_a_minimum_of_malignant_and_other_images(
     with pytest.raises(ValueError, match="too few labelled images") as refused:
         fit_site_profile(probs[chosen], labels[chosen], MODEL, {})
     assert f"{malignant} malignant and {normal + benign} normal or benign" in str(refused.value)
+
+
+# --- the conservative threshold ------------------------------------------------------------
+
+
+def test_the_exact_bound_is_clopper_pearsons() -> None:
+    from scipy.stats import beta
+
+    for k, n in ((59, 59), (99, 100), (95, 100), (20, 25)):
+        assert clopper_pearson_lower(k, n) == pytest.approx(beta.ppf(0.05, k, n - k + 1),
+                                                            abs=1e-9)
+    assert cases_for_exact(0.95) == 59
+    assert allowed_misses(58, 0.95) is None and allowed_misses(59, 0.95) == 0
+    assert allowed_misses(100, 0.95) == 1  # 99/100 -> 0.9534, 98/100 -> 0.9389
+
+
+@pytest.mark.parametrize("n_malignant", [25, 100])
+def test_the_threshold_keeps_its_promise_on_scores_of_known_sensitivity(n_malignant: int) -> None:
+    """Malignant logits ~ N(1, 1.5): the true sensitivity at T is P(logit >= logit T). Over
+    many draws, the conservative T reaches 0.95 in at least 90 % of them with the exact bound,
+    and with the prediction bound (a weak promise) far more often than the plain rule (catch
+    95 % of the sample) and 0.95 on average."""
+    from statistics import NormalDist
+
+    truth = NormalDist(1.0, 1.5)
+    rng = np.random.default_rng(11)
+    kept, plain_kept, sensitivities = [], [], []
+    for _ in range(400):
+        logits = rng.normal(1.0, 1.5, n_malignant)
+        probs = 1.0 / (1.0 + np.exp(-logits))
+        threshold, basis = conservative_threshold(probs, 0.95)
+        assert basis["basis"] == ("exact" if n_malignant >= 59 else "prediction")
+        sensitivities.append(1.0 - truth.cdf(math.log(threshold / (1.0 - threshold))))
+        kept.append(sensitivities[-1] >= 0.95)
+        labels = np.full(n_malignant, MALIGNANT_INDEX)
+        plain = choose_threshold(labels, probs)
+        plain_kept.append(1.0 - truth.cdf(math.log(plain / (1.0 - plain))) >= 0.95)
+    assert np.mean(plain_kept) < 0.7
+    assert np.mean(sensitivities) >= 0.95
+    assert np.mean(kept) >= (0.9 if n_malignant >= 59 else np.mean(plain_kept) + 0.2)
+
+
+# --- the mode and the input-check level a profile carries ----------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +438,7 @@ def test_calibrating_on_the_validation_images_gives_the_manifests_temperature(
     profile = json.loads(out.read_text())
     entry = manifest["models"][resolve_model("int8").key]
     assert profile["temperature"] == pytest.approx(entry["temperature"], rel=1e-6)
-    assert profile["threshold"] == entry["threshold"]
+    assert profile["threshold"] <= entry["threshold"]  # the conservative rule, never above
     assert profile["model"]["sha256"] == entry["sha256"]
     assert profile["source"]["kind"] == "labels" and profile["source"]["path"] == str(table)
 
@@ -507,9 +562,16 @@ def test_calibrate_writes_a_profile_for_the_clinics_images(site_profile, site_fo
                                                              p))
     labels = np.array([CLASS_NAMES.index(p.parent.name) for p in paths])
     raw = np.stack([classifier.predict_proba(preprocess_image(p), calibrated=False) for p in paths])
-    fit = fit_calibration(raw, labels)
-    assert profile["temperature"] == pytest.approx(fit.temperature, rel=1e-9)
-    assert profile["threshold"] == fit.threshold
+    temperature, threshold, _ = fit_rule(raw, labels, TARGET_MALIGNANT_RECALL)
+    assert profile["temperature"] == pytest.approx(temperature, rel=1e-9)
+    assert profile["threshold"] == pytest.approx(threshold, rel=1e-9)
+    assert "promise: weak, resting on 20 malignant images" in result.stdout
+    check = profile["input_check"]
+    distances = [classifier.raw_output(preprocess_image(p))[1] for p in paths]
+    assert check["images"] == 50 and check["median_distance"] == pytest.approx(
+        float(np.median(distances)), rel=1e-9)
+    assert (classifier.input_check.threshold <= check["warning_threshold"]
+            <= classifier.input_check.refuse_threshold)
     assert f"temperature {profile['temperature']:.3f}" in result.stdout
     assert f"threshold {profile['threshold']:.3f}" in result.stdout
     assert [w for w in result.stderr.splitlines() if w.startswith("warning:")] == [
@@ -524,7 +586,7 @@ def test_calibrate_warns_when_malignant_images_are_few(tmp_path: Path, site_fold
     result = run("calibrate", few, "--out", tmp_path / "few.json", "--resamples", FEW_RESAMPLES,
                  "--quiet")
     assert_exit(result, 0)
-    assert any(line.startswith("warning: only 5 malignant image(s)")
+    assert any(line.startswith("warning: the promise is weak: it rests on only 5 malignant")
                for line in result.stderr.splitlines()), result.stderr
 
 
@@ -646,6 +708,96 @@ def test_server_with_a_site_profile(site_profile, site_folder: Path) -> None:
         assert (body["temperature"], body["threshold"]) == (profile["temperature"],
                                                             profile["threshold"])
         assert client.get("/healthz").json()["profile"] == body["profile"]
+
+
+def test_the_profile_states_its_mode_and_site_uses_it(site_profile, site_folder: Path,
+                                                      tmp_path: Path) -> None:
+    """Without --mode, --site decides by the profile's mode: classify, evaluate and the
+    server alike; --mode still overrides it."""
+    from fastapi.testclient import TestClient
+
+    from edge_infer.web.app import create_app
+
+    out, _ = site_profile
+    profile = json.loads(out.read_text())
+    assert profile["mode"] == "high-sensitivity"
+    image = sorted((site_folder / "malignant").iterdir())[0]
+    result = run("--json", "--site", out, image)
+    assert_exit(result, 0)
+    line = json.loads(result.stdout)
+    assert (line["mode"], line["threshold"]) == ("high-sensitivity", profile["threshold"])
+    assert f"deciding by high-sensitivity at {profile['threshold']:.3f}" in result.stderr
+    assert json.loads(run("--json", "--site", out, "--mode", "argmax",
+                          image).stdout)["mode"] == "argmax"
+    report_file = tmp_path / "report.json"
+    assert_exit(run("evaluate", site_folder, "--site", out, "--json", report_file,
+                    "--resamples", FEW_RESAMPLES, "--quiet"), 0)
+    report = json.loads(report_file.read_text())
+    assert (report["mode"], report["threshold"]) == ("high-sensitivity", profile["threshold"])
+    with TestClient(create_app("int8", threads=1, workers=1, site=out)) as client:
+        body = client.post("/predict", files={"file": (image.name, image.read_bytes())}).json()
+    assert (body["mode"], body["threshold"]) == ("high-sensitivity", profile["threshold"])
+
+
+def test_calibrate_makes_a_profile_for_the_mode_asked(site_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "argmax.json"
+    assert_exit(run("calibrate", site_folder, "--out", out, "--mode", "argmax", "--resamples",
+                    FEW_RESAMPLES, "--quiet"), 0)
+    assert json.loads(out.read_text())["mode"] == "argmax"
+    image = sorted((site_folder / "benign").iterdir())[0]
+    assert json.loads(run("--json", "--site", out, image).stdout)["mode"] == "argmax"
+
+
+def test_a_version_1_profile_still_loads_and_decides_by_argmax(site_profile, site_folder: Path,
+                                                               tmp_path: Path) -> None:
+    out, _ = site_profile
+    profile = json.loads(out.read_text())
+    old = {key: value for key, value in profile.items()
+           if key not in ("mode", "promise", "input_check")}
+    old["schema_version"] = 1
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(old))
+    image = sorted((site_folder / "benign").iterdir())[0]
+    result = run("--json", "--site", path, image)
+    assert_exit(result, 0)
+    line = json.loads(result.stdout)
+    assert line["mode"] == "argmax" and line["temperature"] == profile["temperature"]
+    assert "version 1 profile states no mode: argmax unless --mode is given" in line["profile"]
+    assert "deciding by argmax" in result.stderr
+
+
+def test_the_profiles_input_check_level_is_used_everywhere(site_profile, site_folder: Path,
+                                                           classifier: Classifier,
+                                                           tmp_path: Path) -> None:
+    """A calibrated site's scans are judged against its own warning level (classify, evaluate
+    and the server); the refuse boundary stays the model's."""
+    from fastapi.testclient import TestClient
+
+    from edge_infer.web.app import create_app
+
+    out, _ = site_profile
+    profile = json.loads(out.read_text())
+    raised = min(profile["input_check"]["warning_threshold"] * 1.5,
+                 classifier.input_check.refuse_threshold)
+    profile["input_check"]["warning_threshold"] = raised
+    path = tmp_path / "raised.json"
+    path.write_text(json.dumps(profile))
+    image = sorted((site_folder / "benign").iterdir())[0]
+    line = json.loads(run("--json", "--site", path, image).stdout)
+    assert line["ood_threshold"] == raised
+    assert line["refuse_threshold"] == classifier.input_check.refuse_threshold
+    report_file = tmp_path / "report.json"
+    assert_exit(run("evaluate", site_folder, "--site", path, "--json", report_file,
+                    "--resamples", FEW_RESAMPLES, "--quiet"), 0)
+    predictions = json.loads(report_file.read_text())["predictions"]
+    assert {p["ood_threshold"] for p in predictions} == {raised}
+    with TestClient(create_app("int8", threads=1, workers=1, site=path)) as client:
+        body = client.post("/predict", files={"file": (image.name, image.read_bytes())}).json()
+    assert body["ood_threshold"] == raised
+    beyond = {**profile, "input_check": {**profile["input_check"], "warning_threshold": 1e6}}
+    path.write_text(json.dumps(beyond))
+    capped = Classifier("int8", site=path)
+    assert capped.input_check.threshold == capped.input_check.refuse_threshold
 
 
 def test_a_profile_for_another_model_is_exit_1_everywhere(site_profile, manifest: dict,

@@ -52,7 +52,7 @@ RECORD_KEYS = [*DECISION_KEYS, "model", "temperature", "profile", *ood_fields(No
 PER_RUN_KEYS = ("model", "temperature", "profile")  # evaluate states them once per report
 CSV_HEADER = ["file", "prediction", "argmax_prediction", "prob_normal", "prob_benign",
               "prob_malignant", "forced_malignant", "uncertain", "threshold", "margin",
-              "temperature", "profile", "in_distribution", "ood_score", "error"]
+              "temperature", "profile", "in_distribution", "domain_warning", "ood_score", "error"]
 PROB_TOLERANCE = 1e-6
 IMAGES_PER_CLASS = {"normal": 3, "benign": 4, "malignant": 3}
 ORIENTATION_TAG = 0x0112

@@ -34,6 +34,7 @@ from edge_infer.calibration import apply_temperature, choose_threshold
 from edge_infer.classifier import Classifier
 from edge_infer.decision import argmax_indices
 from edge_infer.manifest import (
+    BUS_BRA_SPLIT_FILENAME,
     MANIFEST_FILENAME,
     SPLIT_FILENAME,
     file_facts,
@@ -416,9 +417,11 @@ def publish(folder: Path, model: keras.Model, make_default: bool = True) -> None
 
 
 def make_models_dir(folder: Path, model: keras.Model, make_default: bool = True) -> Path:
-    """A models/ folder as `busi publish [--default]` leaves it: split, Lite0 .keras, manifest."""
+    """A models/ folder as `busi publish [--default]` leaves it: both sites' splits (the input
+    check's refuse boundary leaves each site out in turn), Lite0 .keras, manifest."""
     folder.mkdir(parents=True)
     shutil.copy(SHIPPED_SPLIT, folder / SPLIT_FILENAME)
+    shutil.copy(SHIPPED_SPLIT.with_name(BUS_BRA_SPLIT_FILENAME), folder / BUS_BRA_SPLIT_FILENAME)
     publish(folder, model, make_default)
     entry = read_manifest(folder / MANIFEST_FILENAME)["models"][f"{ARCH}/keras"]
     assert {k: entry[k] for k in ("file", "sha256", "bytes")} == file_facts(

@@ -520,6 +520,29 @@ def test_not_ultrasound_in_headless_chromium(live_url: str, classifier: Classifi
     assert "labelled anyway" in warned[0] and warned[1] == api["prediction"]
 
 
+def test_a_scan_unlike_the_training_hospitals_in_headless_chromium(
+        live_url: str, classifier: Classifier, busi_root: Path, tmp_path: Path) -> None:
+    """A real BUSI validation scan the shipped check warns about: the page labels it and says,
+    in a plain sentence, to validate the model locally."""
+    warned = next((busi_root / row.file for row in split_files("val")
+                   if classifier.predict(busi_root / row.file).domain_warning), None)
+    assert warned is not None, "the shipped check warns about no BUSI validation scan"
+    with _headless_chromium(tmp_path) as driver:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        driver.get(live_url)
+        driver.find_element(By.ID, "file").send_keys(str(warned.resolve()))
+        alert = driver.find_element(By.ID, "ood-alert")
+        prediction = driver.find_element(By.ID, "prediction")
+        WebDriverWait(driver, BROWSER_WAIT_SECONDS).until(
+            lambda _: alert.is_displayed() and prediction.text)
+        shown = (alert.text, prediction.text.lower())
+    assert shown[0].startswith("Labelled, but the scan differs from the training hospitals'")
+    assert "edge-infer evaluate" in shown[0]
+    assert shown[1] == classifier.predict(warned).prediction
+
+
 def test_the_page_asks_for_the_token_once_in_headless_chromium(manifest: dict,
                                                                images: list[Path],
                                                                tmp_path: Path) -> None:

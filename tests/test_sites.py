@@ -1,5 +1,7 @@
 """The site table in the benchmark report: its figures for the shipped default model are what
-the shipped int8 model gives now, through the runtime, on BUS-BRA's test patients."""
+the shipped int8 model gives now, through the runtime, on BUS-BRA's test patients; and the
+site-profile simulation on halves of a hospital's cases (split by patient, adding up, of the
+shipped model, meeting its target)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from edge_infer.classifier import Classifier
 from edge_infer.metrics import auc_benign_vs_malignant
 from edge_infer.rates import malignant_called
-from edge_infer.spec import MALIGNANT_INDEX
+from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX
 from edge_infer.splits import bus_bra_split_files, load_images
 
 SITES_REPORT = Path(__file__).resolve().parent.parent / "benchmarks" / "reports" / "sites.json"
@@ -45,3 +47,34 @@ def test_site_table_says_which_validation_each_threshold_came_from(shipped_row):
     assert shipped_row["validation"] == ["BUSI val", "BUS-BRA val"]
     for figures in shipped_row["variants"].values():
         assert 0 < figures["threshold"] < 1 and figures["temperature"] > 0
+
+
+# --- site profiles on held-out halves of a hospital (python -m busi site-halves) -----------
+
+HALVES_REPORT = SITES_REPORT.with_name("site_halves.json")
+
+
+def test_halves_split_by_patient_and_stratified() -> None:
+    from benchmarks.site_halves import halves_by_case
+
+    rows = bus_bra_split_files("test")
+    cases = [str(row.group) for row in rows]
+    labels = np.array([CLASS_NAMES.index(row.label) for row in rows])
+    a, b = halves_by_case(cases, labels, np.random.default_rng(3))
+    assert sorted([*a, *b]) == list(range(len(rows)))
+    assert not {cases[i] for i in a} & {cases[i] for i in b}  # no patient in both halves
+    for label in range(len(CLASS_NAMES)):
+        in_a = len({cases[i] for i in a if labels[i] == label})
+        in_b = len({cases[i] for i in b if labels[i] == label})
+        assert abs(in_a - in_b) <= 1
+
+
+def test_the_halves_report_is_of_the_shipped_model_and_adds_up(classifier: Classifier) -> None:
+    from benchmarks.site_halves import SPLITS, summarise
+
+    report = json.loads(HALVES_REPORT.read_text())
+    assert report["model"] == classifier.model_info, "rerun python -m busi site-halves"
+    for name, block in report["sets"].items():
+        assert len(block["runs"]) == 2 * SPLITS, name
+        assert summarise(block["runs"]) == block["summary"], name
+        assert block["summary"]["target_met"], f"{name}: the profile misses its promise"

@@ -101,8 +101,9 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
     async def predict(
         file: Annotated[UploadFile, File(description="The image (PNG, JPEG, TIFF, ...).")],
         mode: Annotated[Optional[Mode], Form(
-            description="argmax (default), or high-sensitivity: malignant whenever "
-                        "prob_malignant >= threshold.")] = None,
+            description="argmax (default; with a site profile, its mode), or "
+                        "high-sensitivity: malignant whenever prob_malignant >= threshold.")]
+        = None,
         threshold: Annotated[Optional[float], Form(
             ge=0.0, le=1.0, allow_inf_nan=False,
             description="High-sensitivity threshold (implies that mode); default: the "
@@ -111,9 +112,11 @@ def create_app(model: str = "int8", threads: int = 1, workers: int = 2,
             description="true: also answer the predicted class's heat-map as a PNG data "
                         "URL (field `heatmap`).")] = False,
         ood: Annotated[OodPolicy, Form(
-            description="An image that does not look like a breast ultrasound: refuse "
-                        "(default) withholds the label (prediction null, refused true), warn "
-                        "labels it anyway; in_distribution is false either way.")] = "refuse",
+            description="An image that is not a breast ultrasound: refuse (default) withholds "
+                        "the label (prediction null, refused true), warn labels it anyway; "
+                        "in_distribution is false either way. A breast scan unlike the "
+                        "training hospitals' is labelled, with domain_warning true.")]
+        = "refuse",
     ) -> dict:
         """Classify one image. 422: an empty, corrupt or truncated image, or a bad field."""
         try:

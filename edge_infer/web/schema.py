@@ -80,18 +80,25 @@ class Prediction(BaseModel):
         description="Where T and the threshold come from: 'shipped' (fitted on BUSI "
                     "validation images) or a site profile's file name and sha256.")
     in_distribution: Optional[bool] = Field(
-        description="false: the image does not look like a breast ultrasound (its probabilities "
-                    "should not be trusted); null: the model has no fitted check.")
+        description="false: the image is unlike the training hospitals' scans (domain_warning) "
+                    "or not a breast ultrasound at all (refused under ood=refuse); null: the "
+                    "model has no fitted check.")
+    domain_warning: bool = Field(
+        description="A breast scan unlike the training hospitals' scans: labelled, but validate "
+                    "the model locally (edge-infer evaluate, edge-infer calibrate).")
     ood_score: Optional[float] = Field(
         description="Feature distance to the model's training scans (about 1 for them).")
     ood_threshold: Optional[float] = Field(
-        description="Above it the image is out of distribution (chosen on the model's "
-                    "validation images for <= 2 % false alarms).")
+        description="Above it a scan draws the domain warning (chosen on the model's "
+                    "validation images for <= 2 % false alarms, or a site profile's level).")
+    refuse_threshold: Optional[float] = Field(
+        description="Above it the image is refused as not breast ultrasound (set by leaving a "
+                    "training hospital out).")
     colour_score: Optional[float] = Field(
         description="Fraction of pixels coloured off the image's own tint (ultrasound: ~0).")
     ood_reasons: list[str] = Field(description="Why the image was flagged, in words.")
     refused: bool = Field(
-        description="The label was withheld (ood=refuse and in_distribution false).")
+        description="The label was withheld: not a breast ultrasound (and ood=refuse).")
     notes: list[str] = Field(
         description="What decoding or drawing had to do, in words (e.g. first frame of many; "
                     "no heat-map for a class the model gives almost no probability).")

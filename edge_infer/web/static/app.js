@@ -104,6 +104,7 @@ function setBadge(id, on) {
 function oodSentence(r) {
   // in_distribution: false = not like the breast ultrasound the model knows; null = unchecked.
   if (r.in_distribution !== false) return "";
+  if (r.domain_warning) return `Labelled, but ${r.ood_reasons.join("; ")}.`;
   return `This image does not look like a breast ultrasound (${r.ood_reasons.join("; ")}). ` +
     "The class probabilities below should not be trusted. " +
     (r.refused ? "No label is given." : "It is labelled anyway, as asked: treat it as a guess.");
