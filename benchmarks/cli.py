@@ -4,12 +4,11 @@ architecture against its Keras model, written as a report (latest.md, latest.jso
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 from pathlib import Path
 
 import click
 
+from benchmarks.machine import command_line
 from edge_infer.manifest import ModelError, models_dir
 from train.datasets import EXTERNAL_ENV, resolve_busi_dir, resolve_external_dir
 
@@ -51,7 +50,7 @@ def main(arch: str | None, quick: bool, out: Path, busi_dir: str | None,
     from benchmarks.run import FULL, QUICK, run_benchmark
 
     settings = (QUICK if quick else FULL).with_overrides(_threads(threads_text), runs)
-    command = " ".join(["python -m busi bench", shlex.join(sys.argv[1:])]).strip()
+    command = command_line("bench")
     external, external_missing = None, ""
     try:
         external = resolve_external_dir(external_dir)

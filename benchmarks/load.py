@@ -32,7 +32,7 @@ import numpy as np
 from benchmarks import attacks
 from benchmarks.cli import DEFAULT_OUT
 from benchmarks.latency import child_env
-from benchmarks.machine import machine_info
+from benchmarks.machine import command_line, machine_info
 from edge_infer.splits import split_files
 from edge_infer.web.guard import TOKEN_ENV
 from train.datasets import resolve_busi_dir
@@ -319,7 +319,7 @@ def write_report(results: dict, out: Path) -> tuple[Path, Path]:
 def main(requests: int, clients: int, workers: int, threads: int, model: str,
          timeout_s: float, out: Path, busi_dir: str | None, with_attacks: bool) -> None:
     """Run the load test and write the report; exit 1 on any error or differing answer."""
-    command = " ".join(["python -m busi load", shlex.join(sys.argv[1:])]).strip()
+    command = command_line("load")
     try:
         results = run_load(resolve_busi_dir(busi_dir), requests, clients, workers, threads,
                            model, timeout_s, command, with_attacks)

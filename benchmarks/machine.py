@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
+import sys
 from importlib import metadata
 from pathlib import Path
 
 PACKAGES: tuple[str, ...] = ("numpy", "pillow", "tensorflow-cpu", "tensorflow", "keras",
                              "ai-edge-litert", "tflite-runtime", "onnxruntime", "onnx",
                              "tf2onnx", "scikit-learn")
+
+
+def command_line(command: str) -> str:
+    """How this run was invoked, as `python -m busi COMMAND ARGS` (sys.argv holds COMMAND too
+    when run through busi.py, and not when run as `python -m benchmarks...`)."""
+    args = sys.argv[1:]
+    if args and args[0] == command:
+        args = args[1:]
+    return " ".join([f"python -m busi {command}", shlex.join(args)]).strip()
 
 
 def cpu_model() -> str:

@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks import ood_sets
+from benchmarks.machine import command_line
 from edge_infer.calibration import apply_temperature
 from edge_infer.classifier import Classifier
 from edge_infer.inputs import labelled_csv
@@ -435,7 +436,7 @@ def main(arch: str | None, out: Path, busi_dir: str | None, external_dir: str | 
     if "skipped" in section:
         raise click.ClickException(section["skipped"])
     section["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    section["command"] = " ".join(["python -m busi ood-eval", *sys.argv[1:]])
+    section["command"] = command_line("ood-eval")
     json_path, md_path = write_ood_report(section, out)
     click.echo(f"wrote {md_path} and {json_path}", err=True)
 

@@ -27,6 +27,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.machine import command_line
 from edge_infer.calibration import apply_temperature, fit_calibration
 from edge_infer.classifier import Classifier
 from edge_infer.inputs import labelled_csv
@@ -190,7 +191,7 @@ def main(out: Path, threads: int) -> None:
                                    "python -m busi ood-fit")
     results = {"model": classifier.model_info, "splits": SPLITS, "seed": SEED,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "command": " ".join(["python -m busi site-halves", *sys.argv[1:]]),
+               "command": command_line("site-halves"),
                "sets": {name: simulate(classifier, items, name)
                         for name, items in hospital_sets().items()}}
     out.mkdir(parents=True, exist_ok=True)
