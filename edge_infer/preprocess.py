@@ -173,14 +173,15 @@ def _decode(image: Image.Image) -> DecodedImage:
     return DecodedImage(rgb, notes)
 
 
-def to_model_input(image: Image.Image) -> np.ndarray:
-    """An RGB (or L) image -> the model input: luma resized to 224x224, in 3 channels, uint8."""
+def to_model_input(image: Image.Image, size: int = INPUT_SIZE) -> np.ndarray:
+    """An RGB (or L) image -> the model input: luma resized to size x size (the runtime's 224;
+    other sizes only for training with `--image-size`), in 3 channels, uint8."""
     if image.mode not in ("RGB", "L"):
         raise ImageError(f"expected an RGB image, got mode {image.mode}; call decode_image first")
-    luma = image.convert("L").resize((INPUT_SIZE, INPUT_SIZE), RESAMPLE)
+    luma = image.convert("L").resize((size, size), RESAMPLE)
     return np.repeat(np.asarray(luma, dtype=np.uint8)[..., None], 3, axis=2)
 
 
-def preprocess_image(source: ImageSource) -> np.ndarray:
-    """Path, bytes, file object or PIL image -> the model input (224, 224, 3) uint8."""
-    return to_model_input(decode_image(source).image)
+def preprocess_image(source: ImageSource, size: int = INPUT_SIZE) -> np.ndarray:
+    """Path, bytes, file object or PIL image -> the model input (size, size, 3) uint8."""
+    return to_model_input(decode_image(source).image, size)

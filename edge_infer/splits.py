@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from edge_infer.manifest import BUS_BRA_SPLIT_FILENAME, SPLIT_FILENAME, models_dir
 from edge_infer.preprocess import preprocess_image
-from edge_infer.spec import CLASS_NAMES
+from edge_infer.spec import CLASS_NAMES, INPUT_SIZE
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -66,13 +66,13 @@ def bus_bra_split_files(split: str, folder: str | os.PathLike | None = None) -> 
     return split_files(split, Path(folder or models_dir()) / BUS_BRA_SPLIT_FILENAME)
 
 
-def load_images(rows: list[SplitRow], root: str | os.PathLike,
-                desc: str = "images") -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 model inputs (N, 224, 224, 3), int labels (N,)) of manifest rows, via the one
+def load_images(rows: list[SplitRow], root: str | os.PathLike, desc: str = "images",
+                size: int = INPUT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 model inputs (N, size, size, 3), int labels (N,)) of manifest rows, via the one
     shared preprocessing; a progress bar on stderr."""
     root = Path(root)
     images = np.stack(
-        [preprocess_image(root / row.file) for row in tqdm(rows, desc=desc, leave=False)]
+        [preprocess_image(root / row.file, size) for row in tqdm(rows, desc=desc, leave=False)]
     )
     labels = np.array([CLASS_NAMES.index(row.label) for row in rows], dtype=np.int64)
     return images, labels

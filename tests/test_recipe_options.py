@@ -111,3 +111,22 @@ def test_sites_selection_needs_the_second_site(busi_root, split_rows, tmp_path):
         fit(config, split_rows, busi_root, tmp_path, None)
 
 
+
+
+def test_image_size_trains_a_larger_model_that_publish_refuses(busi_root, split_rows,
+                                                               bus_bra_site, tmp_path):
+    from click.testing import CliRunner
+
+    from train.publish import main as publish
+
+    config = TrainConfig(head_epochs=0, finetune_epochs=1, limit=2, batch_size=4, bus_bra=True,
+                         site_levers=True, mask_loss_weight=0.5, image_size=256)
+    results = fit(config, split_rows, busi_root, tmp_path, bus_bra_site)
+    model = keras.models.load_model(tmp_path / "model.keras")
+    assert model.input_shape == (None, 256, 256, 3)
+    assert results["preprocessing"] == "luma8-exif-bilinear256-v2"
+    lesion = [r for r in split_files("train") if r.label == "malignant"][:1]
+    masks = model_input_masks(lesion, busi_root, 256)
+    assert masks.shape == (1, 256, 256) and masks.max() == 1.0
+    refused = CliRunner().invoke(publish, [str(tmp_path)])
+    assert refused.exit_code == 1 and "224 px models only" in refused.output

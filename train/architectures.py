@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE
+from edge_infer.spec import CLASS_NAMES, INPUT_SIZE
 
 ARCHITECTURES: tuple[str, ...] = ("efficientnet-lite0", "efficientnetb0")
 BN_EPSILON = 1e-3
@@ -59,9 +59,10 @@ def _lite_block(x, name: str, expand: int, kernel: int, stride: int, filters_in:
     return x
 
 
-def efficientnet_lite0_backbone() -> keras.Model:
-    """EfficientNet-Lite0 without its classifier: B0's stages, no SE, ReLU6, input (x-127)/128."""
-    inputs = keras.Input(INPUT_SHAPE, name="image")
+def efficientnet_lite0_backbone(size: int = INPUT_SIZE) -> keras.Model:
+    """EfficientNet-Lite0 without its classifier: B0's stages, no SE, ReLU6, input (x-127)/128,
+    on size x size images."""
+    inputs = keras.Input((size, size, 3), name="image")
     x = layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
     x = layers.Conv2D(STEM_FILTERS, 3, 2, padding="same", use_bias=False, name="stem_conv")(x)
     x = layers.BatchNormalization(epsilon=BN_EPSILON, name="stem_bn")(x)
@@ -77,10 +78,10 @@ def efficientnet_lite0_backbone() -> keras.Model:
     return keras.Model(inputs, x, name="efficientnet_lite0")
 
 
-def efficientnetb0_backbone(weights: str | None = None) -> keras.Model:
+def efficientnetb0_backbone(weights: str | None = None, size: int = INPUT_SIZE) -> keras.Model:
     """keras.applications EfficientNetB0 without top; weights None or 'imagenet' (downloads)."""
     return keras.applications.EfficientNetB0(
-        include_top=False, weights=weights, input_shape=INPUT_SHAPE
+        include_top=False, weights=weights, input_shape=(size, size, 3)
     )
 
 
@@ -91,7 +92,7 @@ def classifier(
 
     bn_inference keeps the backbone's BatchNorms in inference mode (for pretrained backbones).
     """
-    inputs = keras.Input(INPUT_SHAPE, name="image")
+    inputs = keras.Input(backbone.input_shape[1:], name="image")
     features = backbone(inputs, training=False if bn_inference else None)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
     x = layers.Dropout(dropout, name="head_dropout")(x)

@@ -17,6 +17,13 @@ from train.recipe import SELECTIONS, TrainConfig
 DEFAULTS = TrainConfig()
 
 
+def _multiple_of_32(_ctx: click.Context, _param: click.Parameter, size: int) -> int:
+    """The --image-size check: the backbone downsamples 32x, so the side must divide by 32."""
+    if size % 32:
+        raise click.BadParameter(f"{size} is not a multiple of 32 (the backbone's stride)")
+    return size
+
+
 @click.command(help="Train backbone -> GAP -> Dropout -> Dense(3): head first, then fine-tune.\n\n"
                "WEIGHTS: 'imagenet' (Lite0: the offline ../shared/weights .npz; B0: Keras's "
                "download), 'none' (from scratch), or a PATH (Lite0 .npz; for B0 a Keras weights "
@@ -73,6 +80,10 @@ DEFAULTS = TrainConfig()
                    "are mixed into the labels (repeat for an ensemble; they are averaged).")
 @click.option("--distill-weight", type=click.FloatRange(0, 1), default=DEFAULTS.distill_weight,
               show_default=True, help="Weight of the teachers' probabilities in the labels.")
+@click.option("--image-size", type=click.IntRange(96, 512), default=DEFAULTS.image_size,
+              show_default=True, callback=_multiple_of_32,
+              help="Input side in pixels (a multiple of 32). The runtime serves 224 px models "
+                   "only: other sizes are for screening the resolution lever.")
 @click.option("--bus-bra-dir", type=click.Path(file_okay=False),
               help="BUS-BRA folder (or $BUS_BRA_DIR). When found it is always evaluated: its "
                    "validation patients (and all non-test ones if not trained on) per run.")
@@ -86,7 +97,7 @@ def main(arch: str, weights: str, out: Path, busi_dir: str | None, split_file: s
          unfreeze_from: str | None, seed: int, fold: int | None, cv: bool, limit: int | None,
          bus_bra: bool, busi_train: bool, site_levers: bool, mask_loss_weight: float,
          ema_decay: float, selection: str, teachers: tuple[str, ...], distill_weight: float,
-         bus_bra_dir: str | None, trained: Path | None) -> None:
+         image_size: int, bus_bra_dir: str | None, trained: Path | None) -> None:
     from train.recipe import cross_validate, evaluate_trained, fit
 
     if cv and fold is not None:
@@ -100,7 +111,7 @@ def main(arch: str, weights: str, out: Path, busi_dir: str | None, split_file: s
                          site_levers=site_levers, mask_loss_weight=mask_loss_weight,
                          ema_decay=ema_decay, selection=selection,
                          teachers=tuple(str(Path(t).resolve()) for t in teachers),
-                         distill_weight=distill_weight)
+                         distill_weight=distill_weight, image_size=image_size)
     try:
         rows, root = read_split(split_file), resolve_busi_dir(busi_dir)
         site = _bus_bra_site(bus_bra_dir, required=bus_bra)

@@ -48,8 +48,8 @@ def _speckle(images: tf.Tensor, seed: int) -> tf.Tensor:
 
 
 def mask_grid(masks: tf.Tensor) -> tf.Tensor:
-    """(B, 224, 224, 1) masks -> the lesion fraction of each cell of the 7x7 feature map,
-    flattened to (B, 49) like the mask head's output."""
+    """(B, S, S, 1) masks -> the lesion fraction of each cell of the feature map (S / 32 a
+    side: 7 x 7 at 224 px), flattened like the mask head's output."""
     cells = tf.nn.avg_pool2d(masks, MASK_GRID_STRIDE, MASK_GRID_STRIDE, "VALID")
     return tf.reshape(cells, (tf.shape(cells)[0], -1))
 
@@ -61,7 +61,7 @@ def dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, augment: b
     training, with the cross-site levers of `train.site_augment` on top when `site_levers`.
 
     targets are class indices or rows of class probabilities (soft labels). With `masks`
-    (N, 224, 224) the targets become {"probs": ..., "mask": 7x7 lesion fractions} for a model
+    (N, S, S) the targets become {"probs": ..., "mask": lesion fractions per cell} for a model
     with a mask head, and the weights {"probs": w, "mask": 1}.
     """
     targets = np.asarray(targets)
@@ -82,7 +82,7 @@ def dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, augment: b
     if augment:
         geometric = geometric_augmentation(seed, SITE_ZOOM_OUT if site_levers else 0.15)
         intensity = intensity_augmentation(seed)
-        bank = overlay_bank(seed) if site_levers else None
+        bank = overlay_bank(seed, image_size=images.shape[1]) if site_levers else None
 
         def augmented(batch: dict) -> dict:
             if "mask" in batch:

@@ -40,16 +40,16 @@ def lesion_mask(image: Path, size: tuple[int, int]) -> np.ndarray:
     return union
 
 
-def model_input_masks(rows: list[SplitRow], root: Path) -> np.ndarray:
-    """(N, 224, 224) float32 lesion masks resized like the model input (a plain resize);
+def model_input_masks(rows: list[SplitRow], root: Path, size: int = INPUT_SIZE) -> np.ndarray:
+    """(N, size, size) float32 lesion masks resized like the model input (a plain resize);
     normal images, which have no lesion, get an empty mask."""
-    masks = np.zeros((len(rows), INPUT_SIZE, INPUT_SIZE), dtype=np.float32)
+    masks = np.zeros((len(rows), size, size), dtype=np.float32)
     for index, row in enumerate(rows):
         if row.label == "normal":
             continue
         image = root / row.file
         with Image.open(image) as decoded:
-            size = decoded.size
-        union = Image.fromarray(lesion_mask(image, size).astype(np.uint8) * 255)
-        masks[index] = np.asarray(union.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR)) / 255.0
+            decoded_size = decoded.size
+        union = Image.fromarray(lesion_mask(image, decoded_size).astype(np.uint8) * 255)
+        masks[index] = np.asarray(union.resize((size, size), Image.BILINEAR)) / 255.0
     return masks

@@ -16,7 +16,7 @@ from edge_infer.manifest import (
     sha256_of,
     update_manifest,
 )
-from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE
+from edge_infer.spec import CLASS_NAMES, INPUT_SHAPE, INPUT_SIZE
 
 
 def keras_entry(run_dir: Path, model_file: Path) -> dict:
@@ -54,7 +54,12 @@ def _site_split(config: dict) -> dict:
 @click.option("--default", "make_default", is_flag=True,
               help="Make this architecture the runtime's default.")
 def main(run_dir: Path, make_default: bool) -> None:
-    arch = json.loads((run_dir / "results.json").read_text())["config"]["arch"]
+    config = json.loads((run_dir / "results.json").read_text())["config"]
+    if config.get("image_size", INPUT_SIZE) != INPUT_SIZE:
+        raise click.ClickException(
+            f"{run_dir} was trained at {config['image_size']} px; the runtime serves "
+            f"{INPUT_SIZE} px models only (--image-size is a training lever to screen)")
+    arch = config["arch"]
     target = models_dir() / f"{arch}.keras"
     stale = drop_derived_models(arch)
     keras.models.load_model(run_dir / "model.keras", compile=False).save(target)

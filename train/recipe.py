@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_infer.calibration import choose_threshold
 from edge_infer.metrics import classification_metrics, lesion_metrics
-from edge_infer.spec import CLASS_NAMES, MALIGNANT_INDEX, PREPROCESSING_ID
+from edge_infer.spec import CLASS_NAMES, INPUT_SIZE, MALIGNANT_INDEX, preprocessing_id
 from edge_infer.splits import SplitRow, load_images
 from train.architectures import (
     ARCHITECTURES,
@@ -68,6 +68,7 @@ class TrainConfig:
     selection: str = "val_loss"
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.5
+    image_size: int = INPUT_SIZE
 
 
 SELECTIONS: tuple[str, ...] = ("val_loss", "sites")
@@ -93,7 +94,7 @@ def build_backbone(config: TrainConfig) -> tuple[keras.Model, str]:
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.arch!r}; choose from {ARCHITECTURES}")
     if config.arch == "efficientnet-lite0":
-        backbone = efficientnet_lite0_backbone()
+        backbone = efficientnet_lite0_backbone(config.image_size)
         if config.weights == "none":
             return backbone, "random"
         path = _lite0_weights_path(config.weights)
@@ -101,13 +102,14 @@ def build_backbone(config: TrainConfig) -> tuple[keras.Model, str]:
         return backbone, f"ImageNet EfficientNet-Lite0 ({path.name})"
     if config.weights == "imagenet":
         try:
-            return efficientnetb0_backbone("imagenet"), "ImageNet EfficientNetB0 (Keras download)"
+            return (efficientnetb0_backbone("imagenet", config.image_size),
+                    "ImageNet EfficientNetB0 (Keras download)")
         except Exception as err:
             raise WeightsError(
                 f"could not get Keras's ImageNet EfficientNetB0 weights ({err}); "
                 "offline, pass --weights PATH or --weights none"
             ) from None
-    backbone = efficientnetb0_backbone(None)
+    backbone = efficientnetb0_backbone(None, config.image_size)
     match_b0_input_scaling_to_lite0(backbone)
     if config.weights == "none":
         return backbone, "random"
@@ -234,7 +236,8 @@ def _site_arrays(site: Site, config: TrainConfig) -> dict[str, tuple[np.ndarray,
     parts = select_rows(site.rows, config)
     if not config.bus_bra:  # never trained on: every non-test patient is held-out validation
         parts["heldout"] = parts["train"] + parts["val"]
-    return {name: load_images(part, site.root, desc=f"{site.name} {name}")
+    return {name: load_images(part, site.root, desc=f"{site.name} {name}",
+                              size=config.image_size)
             for name, part in parts.items() if part}
 
 
@@ -261,9 +264,10 @@ def _training_masks(config: TrainConfig, parts: dict[str, list[SplitRow]], busi_
     site_parts = select_rows(site.rows, config) if site else {}
     masks = {}
     for name in ("train", "val"):
-        pieces = [model_input_masks(parts[name], busi_root)] if config.busi_train else []
+        size = config.image_size
+        pieces = [model_input_masks(parts[name], busi_root, size)] if config.busi_train else []
         if config.bus_bra:
-            pieces.append(model_input_masks(site_parts[name], site.root))
+            pieces.append(model_input_masks(site_parts[name], site.root, size))
         masks[name] = np.concatenate(pieces)
     return masks
 
@@ -276,7 +280,8 @@ def load_run_data(config: TrainConfig, rows: list[SplitRow], busi_root: Path,
     if not (config.busi_train or config.bus_bra):
         raise ValueError("nothing to train on: BUSI is left out and BUS-BRA is not used")
     parts = select_rows(rows, config)
-    busi = {name: load_images(part, busi_root, desc=name) for name, part in parts.items()}
+    busi = {name: load_images(part, busi_root, desc=name, size=config.image_size)
+            for name, part in parts.items()}
     site_arrays = _site_arrays(site, config) if site else {}
     train, val = busi["train"], busi["val"]
     if config.bus_bra and config.busi_train:
@@ -361,7 +366,7 @@ def evaluate(model: keras.Model, config: TrainConfig, data: RunData, site: Site 
     def predict(images: np.ndarray) -> np.ndarray:
         return _predict(model, images)
 
-    results = {"config": asdict(config), "preprocessing": PREPROCESSING_ID,
+    results = {"config": asdict(config), "preprocessing": preprocessing_id(config.image_size),
                "counts": {name: len(part) for name, part in data.parts.items()},
                "trained_on": {"train": len(data.train[1]), "val": len(data.val[1])}}
     threshold = choose_threshold(data.val[1], predict(data.val[0])[:, MALIGNANT_INDEX])

@@ -48,10 +48,15 @@ def _overlay(rng: np.random.Generator) -> np.ndarray:
     return np.asarray(canvas, dtype=np.float32)
 
 
-def overlay_bank(seed: int, size: int = OVERLAY_BANK_SIZE) -> tf.Tensor:
-    """`size` random annotation masks, drawn once with Pillow (size, 224, 224, 1)."""
+def overlay_bank(seed: int, size: int = OVERLAY_BANK_SIZE,
+                 image_size: int = INPUT_SIZE) -> tf.Tensor:
+    """`size` random annotation masks, drawn once with Pillow at 224 px and scaled (nearest
+    neighbour) to image_size: (size, image_size, image_size, 1)."""
     rng = np.random.default_rng(seed)
-    return tf.constant(np.stack([_overlay(rng) for _ in range(size)])[..., None])
+    bank = tf.constant(np.stack([_overlay(rng) for _ in range(size)])[..., None])
+    if image_size == INPUT_SIZE:
+        return bank
+    return tf.image.resize(bank, (image_size, image_size), method="nearest")
 
 
 def _per_image(batch: int, low: float, high: float, seed: int) -> tf.Tensor:
@@ -70,18 +75,20 @@ def _gain_gamma(images: tf.Tensor, seed: int) -> tf.Tensor:
 
 
 def _resolution_loss(images: tf.Tensor, seed: int, p: float = 0.4) -> tf.Tensor:
+    size = images.shape[1]
     scale = tf.random.uniform((), 0.3, 0.8, seed=seed)
-    small = tf.cast(tf.cast(INPUT_SIZE, tf.float32) * scale, tf.int32)
-    blurred = tf.image.resize(tf.image.resize(images, (small, small)), (INPUT_SIZE, INPUT_SIZE))
+    small = tf.cast(tf.cast(size, tf.float32) * scale, tf.int32)
+    blurred = tf.image.resize(tf.image.resize(images, (small, small)), (size, size))
     use = _chance(tf.shape(images)[0], p, seed + 1)
     return use * blurred + (1.0 - use) * images
 
 
-def _sector_mask(batch: tf.Tensor, seed: int, p: float = 0.3) -> tf.Tensor:
-    """1 inside a convex-probe fan (apex above the image), 0 outside; all ones when unused."""
+def _sector_mask(batch: tf.Tensor, size: int, seed: int, p: float = 0.3) -> tf.Tensor:
+    """1 inside a convex-probe fan (apex above the image), 0 outside; all ones when unused.
+    Distances are in 224-px units, so the fan covers the same part of any image size."""
     apex_y = _per_image(batch, -220.0, -40.0, seed)
     half_angle = _per_image(batch, 0.35, 0.8, seed + 1)
-    coords = tf.range(INPUT_SIZE, dtype=tf.float32)
+    coords = tf.range(size, dtype=tf.float32) * (INPUT_SIZE / size)
     ys, xs = tf.meshgrid(coords, coords, indexing="ij")
     dy = ys[None, ..., None] - apex_y
     dx = xs[None, ..., None] - INPUT_SIZE / 2
@@ -99,10 +106,11 @@ def _annotations(images: tf.Tensor, bank: tf.Tensor, seed: int, p: float = 0.5) 
 
 
 def site_augment(images: tf.Tensor, bank: tf.Tensor, seed: int) -> tf.Tensor:
-    """Apply every site lever to a float32 0..255 batch (B, 224, 224, 3)."""
+    """Apply every site lever to a float32 0..255 batch (B, size, size, 3); the bank is
+    `overlay_bank` of the same size."""
     grey = tf.reduce_mean(images, axis=-1, keepdims=True)
     grey = _gain_gamma(grey, seed)
     grey = _resolution_loss(grey, seed + 10)
-    grey = grey * _sector_mask(tf.shape(grey)[0], seed + 20)
+    grey = grey * _sector_mask(tf.shape(grey)[0], grey.shape[1], seed + 20)
     grey = _annotations(grey, bank, seed + 30)
     return tf.repeat(grey, 3, axis=-1)
