@@ -59,6 +59,7 @@ TINY_PARAMS = (8 * 8 * 3 * 128 + 128) + (128 * 3 + 3)
 # The tiny model meets the real int8 agreement/accuracy/recall targets, but its int8 file is
 # only ~3.2x smaller than its float32 weights (fixed overhead weighs more on 25 k parameters).
 LOOSE_SIZE_RATIO = 2.5
+REPRODUCE_TOLERANCE = 0.05  # P(class) change allowed for a reconversion on another CPU
 
 # TensorFlow's note on every uint8-input conversion; the io test checks the input directly.
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
@@ -243,15 +244,23 @@ def test_the_shipped_int8_computes_as_its_unshared_form(manifest, val_split, tes
         np.testing.assert_array_equal(first.feature_map, second.feature_map)
 
 
-def test_the_shipped_int8_is_what_the_converter_makes(manifest) -> None:
+def test_the_shipped_int8_is_what_the_converter_makes(manifest, tmp_path) -> None:
     """The conversion reproduces: the shipped Keras model, converted as `python -m busi convert`
     converts it (default ranges, calibrated on the validation images it records), gives the
-    shipped int8 byte for byte."""
+    shipped int8 byte for byte on the machine that made it; on another CPU, the same top-1 on
+    every validation image and probabilities within the stated tolerance."""
     arch = manifest["default_arch"]
     model = keras.models.load_model(resolve_model(f"{arch}/keras").path)
     calibration, _, _ = validation_set(shipped_models_dir() / MANIFEST_FILENAME, arch)
     converted = convert_model(model, "int8", calibration)
-    assert hashlib.sha256(converted).hexdigest() == manifest["models"][f"{arch}/int8"]["sha256"]
+    if hashlib.sha256(converted).hexdigest() == manifest["models"][f"{arch}/int8"]["sha256"]:
+        return
+    reconverted = tmp_path / "reconverted.tflite"  # another CPU: docs/int8.md's tolerance
+    reconverted.write_bytes(converted)
+    shipped = TFLiteModel(resolve_model(f"{arch}/int8").path).predict(calibration)
+    again = TFLiteModel(reconverted).predict(calibration)
+    assert np.array_equal(shipped.argmax(axis=1), again.argmax(axis=1))
+    assert np.abs(shipped - again).max() <= REPRODUCE_TOLERANCE
 
 
 def test_tflite_needs_a_zero_point_per_channel_scale(converted, tmp_path) -> None:
