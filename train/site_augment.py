@@ -54,8 +54,6 @@ def overlay_bank(seed: int, size: int = OVERLAY_BANK_SIZE,
     neighbour) to image_size: (size, image_size, image_size, 1)."""
     rng = np.random.default_rng(seed)
     bank = tf.constant(np.stack([_overlay(rng) for _ in range(size)])[..., None])
-    if image_size == INPUT_SIZE:
-        return bank
     return tf.image.resize(bank, (image_size, image_size), method="nearest")
 
 
